@@ -1,0 +1,1 @@
+"""Chat transports: the only code that talks to a chat network."""

@@ -1,0 +1,213 @@
+"""This module routes each incoming message to the alarm or command it carries.
+
+The dispatcher is pure: it takes an ``Incoming`` and returns the ``Reply`` values
+to post, touching no network or disk except through the knowledge loader it is
+given for ``reload``. Every handler runs behind one boundary: a crash is logged
+with its traceback and the group gets a one-line apology, never silence.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bot.alarm import Alarm, parse
+from bot.channels.base import Incoming, Reply
+from bot.commands import REGISTRY, CommandContext, answer
+from bot.diagnosis import Diagnosis, diagnose
+from bot.errors import KnowledgeError
+from bot.knowledge import Knowledge, load_knowledge
+from bot.render import ReplyRenderer
+from bot.search import KnowledgeSearch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """One knowledge base with what is built from it; swapped whole on reload."""
+
+    knowledge: Knowledge
+    renderer: ReplyRenderer
+    search: KnowledgeSearch
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmResult:
+    """The alarms of one message, their diagnoses and the reply text."""
+
+    alarms: list[Alarm]
+    diagnoses: list[Diagnosis]
+    reply: str
+
+
+class Dispatcher:
+    """Turns incoming messages into replies.
+
+    Args:
+        knowledge: the validated knowledge base.
+        lang: ``zh`` or ``en``.
+        prefixes: the characters that start a command.
+        admins: contact ids or names allowed to run admin commands.
+        loader: loads the knowledge base again, for ``reload``.
+    """
+
+    def __init__(
+        self,
+        knowledge: Knowledge,
+        *,
+        lang: str = "zh",
+        prefixes: tuple[str, ...] = ("/", "#"),
+        admins: tuple[str, ...] = (),
+        loader: Callable[[], Knowledge] | None = None,
+    ) -> None:
+        self.lang = lang
+        self.prefixes = tuple(p for p in prefixes if p)
+        self.admins = {a.casefold() for a in admins}
+        self._loader = loader or (lambda: load_knowledge(knowledge.root))
+        self._lock = threading.Lock()
+        self._loaded = self._build(knowledge)
+
+    @property
+    def knowledge(self) -> Knowledge:
+        """The knowledge base now serving."""
+        return self._loaded.knowledge
+
+    @property
+    def renderer(self) -> ReplyRenderer:
+        """The renderer of the knowledge now serving."""
+        return self._loaded.renderer
+
+    def _build(self, knowledge: Knowledge) -> _Loaded:
+        return _Loaded(
+            knowledge, ReplyRenderer(knowledge, self.lang), KnowledgeSearch(knowledge)
+        )
+
+    def dispatch(self, incoming: Incoming) -> list[Reply]:
+        """Return the replies ``incoming`` calls for (often none)."""
+        loaded = self._loaded  # NOTE: one snapshot per message, even mid-reload
+        try:
+            return self._route(incoming, loaded)
+        except Exception:
+            logger.exception(
+                "handler crashed room=%s sender=%s", incoming.room, incoming.sender
+            )
+            try:
+                text = loaded.renderer.render("error")
+            except Exception:
+                logger.exception("the apology template failed too")
+                text = "Sorry, something went wrong. / 抱歉，处理出错了。"
+            return [self._reply(incoming, text, kind="error", mention=True)]
+
+    def _route(self, incoming: Incoming, loaded: _Loaded) -> list[Reply]:
+        text = incoming.text.strip()
+        if not text:
+            return []
+        addressed = incoming.mentions_bot or incoming.room is None
+        command_line = self._command_line(text, addressed)
+        if command_line is not None:
+            return [self._reply(incoming, self._command(incoming, command_line, loaded))]
+
+        result = self.diagnose_text(text, loaded)
+        if result.alarms:
+            logger.info(
+                "alarm room=%s types=%s appids=%s",
+                incoming.room,
+                ",".join(a.type for a in result.alarms),
+                ",".join(a.appid or "-" for a in result.alarms),
+            )
+            return [
+                self._reply(incoming, result.reply, kind="alarm", mention=False)
+            ]
+        if addressed:
+            ctx = self._context(incoming, loaded)
+            return [self._reply(incoming, answer(ctx, text))]
+        logger.debug("ignored room=%s sender=%s", incoming.room, incoming.sender)
+        return []
+
+    def diagnose_text(self, text: str, loaded: _Loaded | None = None) -> AlarmResult:
+        """Parse ``text`` and diagnose and render every alarm in it."""
+        loaded = loaded or self._loaded
+        alarms = parse(text, loaded.knowledge.matcher)
+        diagnoses = [diagnose(alarm, loaded.knowledge) for alarm in alarms]
+        for alarm in alarms:
+            if alarm.type == "unknown":
+                logger.warning(
+                    "unmatched alarm content=%r: add a phrase group to `match` in "
+                    "knowledge/alarms/<type>.yaml (nearest: %s)",
+                    (alarm.content or "")[:80],
+                    ", ".join(alarm.nearest) or "none",
+                )
+        reply = loaded.renderer.alarm_reply(diagnoses) if diagnoses else ""
+        return AlarmResult(alarms, diagnoses, reply)
+
+    def _command_line(self, text: str, addressed: bool) -> str | None:
+        for prefix in self.prefixes:
+            if text.startswith(prefix):
+                return text[len(prefix) :]
+        if addressed and REGISTRY.is_command_word(text):
+            return text
+        return None
+
+    def _command(self, incoming: Incoming, line: str, loaded: _Loaded) -> str:
+        ctx = self._context(incoming, loaded)
+        invocation = REGISTRY.parse(line)
+        command = invocation.command
+        if command is None:
+            suggestions = REGISTRY.suggest(invocation.word, ctx.is_admin)
+            return loaded.renderer.render(
+                "unknown_command", word=invocation.word, suggestions=suggestions
+            )
+        if command.admin and not ctx.is_admin:
+            logger.info("refused command=%s sender=%s", command.name, incoming.sender)
+            return loaded.renderer.render("denied", command=command.name)
+        logger.debug("command=%s sender=%s", command.name, incoming.sender)
+        return command.handler(ctx, invocation.argument)
+
+    def _context(self, incoming: Incoming, loaded: _Loaded) -> CommandContext:
+        return CommandContext(
+            knowledge=loaded.knowledge,
+            renderer=loaded.renderer,
+            search=loaded.search,
+            sender=incoming.sender,
+            is_admin=self.is_admin(incoming),
+            reload=self.reload,
+        )
+
+    def is_admin(self, incoming: Incoming) -> bool:
+        """Whether the sender is listed as an admin, by contact id or name."""
+        names = {incoming.sender.casefold(), incoming.sender_id.casefold()} - {""}
+        return bool(names & self.admins)
+
+    def reload(self) -> str:
+        """Load the knowledge base again; keep the old one if the new one fails."""
+        with self._lock:
+            try:
+                fresh = self._loader()
+            except KnowledgeError as exc:
+                logger.error("reload refused: %d problems", len(exc.problems))
+                return self._loaded.renderer.render("reload_failed", problems=exc.problems)
+            self._loaded = self._build(fresh)
+        logger.info("knowledge reloaded root=%s", fresh.root)
+        return self._loaded.renderer.render(
+            "reloaded",
+            alarms=len(fresh.alarms),
+            faq=len(fresh.faq),
+            tables=len(fresh.tables),
+        )
+
+    def _reply(
+        self, incoming: Incoming, text: str, *, kind: str = "command", mention: bool = True
+    ) -> Reply:
+        mentions: tuple[str, ...] = ()
+        if mention and incoming.room is not None:
+            mentions = (incoming.sender_id or incoming.sender,)
+        return Reply(
+            room=incoming.room,
+            text=text,
+            mentions=mentions,
+            to=None if incoming.room is not None else (incoming.sender_id or incoming.sender),
+            kind=kind,
+        )

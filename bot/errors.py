@@ -1,0 +1,39 @@
+"""The exception hierarchy of alarm-bot.
+
+::
+
+    BotError
+     ├── KnowledgeError      the knowledge base failed to load or validate
+     ├── AlarmParseError     reserved: the parser itself never raises
+     ├── RenderError         a template failed to render
+     ├── SettingsError       a settings file or variable is invalid
+     └── GatewayError        the Wechaty gateway refused the bot (e.g. its token)
+"""
+
+
+class BotError(Exception):
+    """Base class for every error alarm-bot raises on purpose."""
+
+
+class KnowledgeError(BotError):
+    """The knowledge base is invalid; ``problems`` lists every message."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class AlarmParseError(BotError):
+    """An alarm could not be parsed (never raised by ``parse``)."""
+
+
+class RenderError(BotError):
+    """A template could not be rendered."""
+
+
+class SettingsError(BotError):
+    """A setting has a bad value."""
+
+
+class GatewayError(BotError):
+    """The Wechaty gateway refused the bot, so retrying cannot help."""

@@ -1,0 +1,218 @@
+"""This module renders replies from the templates in ``knowledge/templates``.
+
+Templates run in jinja2's sandbox with ``StrictUndefined``, so a template that
+names a missing field fails loudly in ``kb check`` and the tests instead of
+printing a blank in the group. Replies are plain text: autoescape is off.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+
+from jinja2 import DictLoader, StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+
+from bot.diagnosis import Diagnosis, Finding, Target, lookup_event, worst
+from bot.errors import RenderError
+from bot.knowledge import Command, Knowledge, Text
+
+logger = logging.getLogger(__name__)
+
+MESSAGE_LIMIT = 2048
+PLACEHOLDERS = {
+    "zh": {"domain": "<你的域名>", "ip": "<服务器IP>", "url": "<服务器URL>"},
+    "en": {"domain": "<your-domain>", "ip": "<server-ip>", "url": "<server-url>"},
+}
+
+
+class ReplyRenderer:
+    """Renders every user-facing text in one language."""
+
+    def __init__(self, knowledge: Knowledge, lang: str = "zh") -> None:
+        self.knowledge = knowledge
+        self.lang = lang if lang in PLACEHOLDERS else "zh"
+        self.env = _environment(knowledge, self.lang)
+
+    def render(self, name: str, **context: object) -> str:
+        """Render template ``name`` (without language or suffix) with ``context``.
+
+        Raises:
+            RenderError: the template is missing or failed.
+        """
+        path = f"{self.lang}/{name}.j2"
+        try:
+            template = self.env.get_template(path)
+            text = template.render(knowledge=self.knowledge, lang=self.lang, **context)
+        except TemplateError as exc:
+            raise RenderError(f"knowledge/templates/{path}: {exc}") from exc
+        return tidy(text)
+
+    def render_text(self, source: str, **context: object) -> str:
+        """Render a template string from the knowledge base (a finding, a command)."""
+        try:
+            return self.env.from_string(source).render(**context)
+        except TemplateError as exc:
+            raise RenderError(f"{source[:40]!r}: {exc}") from exc
+
+    def alarm_reply(self, diagnoses: list[Diagnosis]) -> str:
+        """Render the reply to a message carrying ``diagnoses``."""
+        parts = [self.render("alarm", **self.alarm_context(d)) for d in diagnoses]
+        if len(parts) > 1:
+            header = self.render("alarms_header", count=len(parts))
+            return "\n\n".join([header, *parts])
+        return parts[0] if parts else ""
+
+    def alarm_context(self, diagnosis: Diagnosis) -> dict[str, object]:
+        """Return the template context for one diagnosis."""
+        alarm, entry = diagnosis.alarm, diagnosis.entry
+        findings = [self.finding(f, diagnosis) for f in diagnosis.findings]
+        severity = worst([entry.severity, *(str(f["severity"]) for f in findings)])
+        event = diagnosis.event
+        return {
+            "alarm": alarm,
+            "entry": entry,
+            "diagnosis": diagnosis,
+            "severity": severity,
+            "event": event,
+            "event_name": lookup_event(event, self.knowledge, self.lang) if event else None,
+            "findings": findings,
+            "steps": [
+                {"step": step, "commands": self.commands(step.commands, diagnosis.target)}
+                for step in diagnosis.steps
+            ],
+            "variants": [entry.variants[name] for name in diagnosis.variants],
+            "window_end": alarm.window_end,
+            "rate": alarm.rate_per_second,
+            "target": diagnosis.target,
+        }
+
+    def finding(self, finding: Finding, diagnosis: Diagnosis) -> dict[str, object]:
+        """Render one finding's text and fix."""
+        wording = self.knowledge.findings[finding.id]
+        context = {"f": finding.values, "alarm": diagnosis.alarm}
+        return {
+            "id": finding.id,
+            "severity": wording.severity,
+            "text": self.render_text(wording.text.get(self.lang), **context).strip(),
+            "fix": self.render_text(wording.fix.get(self.lang), **context).strip(),
+        }
+
+    def commands(self, commands: list[Command], target: Target) -> list[str]:
+        """Fill the runbook commands with this alarm's domain, IP and URL."""
+        blanks = PLACEHOLDERS[self.lang]
+        values = {
+            "domain": target.domain or blanks["domain"],
+            "ip": target.ip or blanks["ip"],
+            "url": target.url if target.url and "://" in target.url else blanks["url"],
+        }
+        return [self.render_text(c.run, **values) for c in commands]
+
+
+def _environment(knowledge: Knowledge, lang: str) -> SandboxedEnvironment:
+    env = SandboxedEnvironment(
+        loader=DictLoader(knowledge.templates),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+        autoescape=False,
+    )
+    env.filters["t"] = lambda text: _pick(text, lang)
+    env.filters["num"] = _number
+    env.filters["clock"] = _clock
+    env.filters["rate"] = _rate
+    return env
+
+
+def _pick(text: Text | Mapping[str, str] | str | None, lang: str) -> str:
+    if text is None:
+        return ""
+    if isinstance(text, Text):
+        return text.get(lang)
+    if isinstance(text, Mapping):
+        return str(text.get(lang) or text.get("zh") or "")
+    return str(text)
+
+
+def _number(value: int | float | None) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
+def _clock(value: datetime | None, with_date: bool = True) -> str:
+    if value is None:
+        return "?"
+    return value.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S")
+
+
+def _rate(value: float | None) -> str:
+    if value is None:
+        return "?"
+    return f"{value:.1f}" if value >= 0.1 else f"{value:.2f}"
+
+
+def tidy(text: str) -> str:
+    """Drop trailing spaces and runs of more than one blank line."""
+    lines = [line.rstrip() for line in text.strip().split("\n")]
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out)
+
+
+def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
+    """Split ``text`` into messages of at most ``limit`` UTF-8 bytes.
+
+    Whole paragraphs (blank-line separated) stay together where they fit; a
+    longer paragraph splits on line ends, and a single line longer than the
+    limit is cut at a character boundary.
+    """
+    if len(text.encode()) <= limit:
+        return [text] if text.strip() else []
+    messages: list[str] = []
+    current = ""
+    for paragraph in _pieces(text, limit):
+        joined = f"{current}\n\n{paragraph}" if current else paragraph
+        if len(joined.encode()) <= limit:
+            current = joined
+            continue
+        if current:
+            messages.append(current)
+        current = paragraph
+    if current:
+        messages.append(current)
+    return [m.strip("\n") for m in messages if m.strip()]
+
+
+def _pieces(text: str, limit: int) -> list[str]:
+    """Paragraphs no longer than ``limit``, splitting the long ones by lines."""
+    pieces: list[str] = []
+    for paragraph in text.split("\n\n"):
+        if len(paragraph.encode()) <= limit:
+            pieces.append(paragraph)
+            continue
+        chunk = ""
+        for line in _fit_lines(paragraph.split("\n"), limit):
+            joined = f"{chunk}\n{line}" if chunk else line
+            if len(joined.encode()) > limit:
+                pieces.append(chunk)
+                joined = line
+            chunk = joined
+        pieces.append(chunk)
+    return pieces
+
+
+def _fit_lines(lines: list[str], limit: int) -> list[str]:
+    out: list[str] = []
+    for line in lines:
+        data = line.encode()
+        while len(data) > limit:
+            # Cutting bytes may split a character; "ignore" drops the partial
+            # tail and the loop resumes right after what was kept.
+            head = data[:limit].decode("utf-8", "ignore")
+            out.append(head)
+            data = data[len(head.encode()) :]
+        out.append(data.decode())
+    return out

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot.alarm import Alarm, Classification, clean, parse, parse_sample
+from bot.knowledge import Knowledge
+
+from .conftest import DATA
+
+
+def _cases(name: str) -> list[dict]:
+    return yaml.safe_load((DATA / name).read_text(encoding="utf-8"))
+
+
+SAMPLES = _cases("samples/alarms.yaml")
+VARIANTS = _cases("variants.yaml")
+
+
+def _check(alarm: Alarm, expected: dict) -> None:
+    as_json = alarm.to_json()
+    for key, want in expected.items():
+        if key == "time":
+            got = alarm.time_text if alarm.time else None
+        elif key == "sample":
+            got = {k.casefold(): v for k, v in alarm.sample.items()}
+            want = {k.casefold(): v for k, v in want.items()}
+        elif key == "flags":
+            got = list(alarm.flags)
+        else:
+            got = as_json[key]
+        assert got == want, f"{key}: {got!r} != {want!r}"
+
+
+@pytest.mark.parametrize("case", SAMPLES + VARIANTS, ids=lambda c: c["id"])
+def test_parse_alarm_matches_expected_parse(case: dict, knowledge: Knowledge) -> None:
+    alarms = parse(case["alarm_text"], knowledge.matcher)
+    expected = case["expected"]
+    expected = expected if isinstance(expected, list) else [expected]
+    assert len(alarms) == len(expected)
+    for alarm, want in zip(alarms, expected, strict=True):
+        _check(alarm, want)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "超时",
+        "服务器又超时了，谁看一下",
+        "内容: 超时",
+        "今天的会议时间: 下午三点",
+        "Appid 是多少？",
+        "[IP=1.2.3.4][Event=subscribe]",
+        "错误样例: [a=b]",
+    ],
+)
+def test_parse_text_without_alarm_yields_nothing(text: str, knowledge: Knowledge) -> None:
+    assert parse(text, knowledge.matcher) == []
+
+
+def test_parse_time_is_platform_local_iso(knowledge: Knowledge) -> None:
+    (alarm,) = parse(VARIANTS[0]["alarm_text"], knowledge.matcher)
+    assert alarm.to_json()["time"] == "2014-12-01T20:12:00+08:00"
+    assert alarm.window_end is not None
+    assert alarm.window_end.strftime("%H:%M") == "20:17"
+    assert alarm.rate_per_second == pytest.approx(1272 / 300)
+
+
+def test_parse_multiline_xml_value_keeps_text_exactly(knowledge: Knowledge) -> None:
+    case = next(c for c in SAMPLES if c["id"] == "wx-01")
+    (alarm,) = parse(case["alarm_text"], knowledge.matcher)
+    assert alarm.sample["response_content"] == case["expected"]["sample"]["response_content"]
+    assert alarm.sample["response_content"].endswith("</xml>")
+
+
+def test_parse_pay_and_third_party_flags(knowledge: Knowledge) -> None:
+    pay = next(c for c in SAMPLES if c["id"] == "wx-27")
+    (alarm,) = parse(pay["alarm_text"], knowledge.matcher)
+    assert alarm.pay_notify and not alarm.third_party
+    hosted = next(c for c in SAMPLES if c["id"] == "wx-02")
+    (alarm,) = parse(hosted["alarm_text"], knowledge.matcher)
+    assert alarm.third_party and not alarm.pay_notify
+    assert alarm.appid_raw == "wx30************"
+
+
+def test_parse_unknown_content_names_nearest_types(knowledge: Knowledge) -> None:
+    case = next(c for c in VARIANTS if c["id"] == "unknown-content")
+    (alarm,) = parse(case["alarm_text"], knowledge.matcher)
+    assert alarm.type == "unknown"
+    assert alarm.nearest
+    assert set(alarm.nearest) <= set(knowledge.alarms)
+
+
+def test_parse_survives_a_classifier_crash() -> None:
+    class Broken:
+        def classify(self, content: str) -> Classification:
+            raise RuntimeError("boom")
+
+    assert parse(VARIANTS[0]["alarm_text"], Broken()) == []
+
+
+def test_sample_groups_separated_by_newlines() -> None:
+    text = "[a=1]\n[b=2]\nnot a group [c=3]"
+    groups, flags, end = parse_sample(text, 0)
+    assert groups == [("a", "1"), ("b", "2")]
+    assert flags == []
+    assert text[end:].lstrip().startswith("not a group")
+
+
+def test_clean_strips_quotes_and_invisible_characters() -> None:
+    assert clean("> a\r\n>> b\u200b\n") == "a\nb\n"
+
+
+def test_parse_one_megabyte_message_quickly(knowledge: Knowledge) -> None:
+    alarm = VARIANTS[0]["alarm_text"]
+    text = ("闲聊 " * 1000 + "\n" + alarm + "\n") * 200
+    text += "[" * 100_000 + "]x" * 50_000
+    assert len(text.encode()) > 1_000_000
+    started = time.perf_counter()
+    alarms = parse(text, knowledge.matcher)
+    elapsed = time.perf_counter() - started
+    assert len(alarms) == 200
+    # NOTE: generous bound so a loaded CI machine passes; bench/ reports the speed.
+    assert elapsed < 5
+
+
+_FIELD_TEXT = st.sampled_from(
+    ["Appid: ", "昵称：", "时间: ", "内容:", "次数: ", "错误样例: ", "报警排查指引,请见: ",
+     "[", "]", "=", "\n", "> ", "5分钟 ", "次", "<xml>", "]]>", "：", " "]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.one_of(_FIELD_TEXT, st.text(max_size=20)), max_size=60))
+def test_parse_arbitrary_text_never_raises(pieces: list[str], knowledge: Knowledge) -> None:
+    alarms = parse("".join(pieces), knowledge.matcher)
+    for alarm in alarms:
+        assert alarm.to_json()["type"] in knowledge.alarms
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    case=st.sampled_from(SAMPLES + VARIANTS),
+    cut=st.integers(min_value=0, max_value=2000),
+    insert=st.text(max_size=10),
+)
+def test_parse_mutated_alarm_never_raises(case: dict, cut: int, insert: str, knowledge: Knowledge) -> None:
+    text = case["alarm_text"]
+    cut = cut % (len(text) + 1)
+    mutated = text[:cut] + insert + text[cut:]
+    for alarm in parse(mutated, knowledge.matcher):
+        assert isinstance(alarm.sample, dict)
+    parse(text[:cut], knowledge.matcher)

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import pytest
+
+from bot.channels.base import Incoming
+from bot.dispatch import Dispatcher
+from bot.errors import KnowledgeError
+from bot.knowledge import Knowledge
+
+from .test_alarm import VARIANTS
+
+ALARM = VARIANTS[0]["alarm_text"]
+
+
+def _room(text: str, *, sender: str = "alice", mentions_bot: bool = False) -> Incoming:
+    return Incoming(
+        room="alarm-group", sender=sender, sender_id=f"id-{sender}", text=text,
+        mentions_bot=mentions_bot,
+    )
+
+
+def test_alarm_in_room_gets_diagnosis_in_that_room(dispatcher: Dispatcher) -> None:
+    (reply,) = dispatcher.dispatch(_room(ALARM))
+    assert reply.room == "alarm-group"
+    assert reply.kind == "alarm"
+    assert "请求超时" in reply.text
+    assert "取消关注" in reply.text
+    assert "1,272" in reply.text
+
+
+def test_chatter_is_ignored(dispatcher: Dispatcher) -> None:
+    assert dispatcher.dispatch(_room("服务器又超时了")) == []
+    assert dispatcher.dispatch(_room("   ")) == []
+
+
+def test_help_command_mentions_the_asker(dispatcher: Dispatcher) -> None:
+    (reply,) = dispatcher.dispatch(_room("/help"))
+    assert reply.mentions == ("id-alice",)
+    assert "/explain" in reply.text
+    assert "/reload" not in reply.text
+
+
+def test_help_for_admin_lists_admin_commands(dispatcher: Dispatcher) -> None:
+    (reply,) = dispatcher.dispatch(_room("#help", sender="admin"))
+    assert "/reload" in reply.text
+
+
+@pytest.mark.parametrize("line", ["/帮助", "#help", "/HELP", "/"])
+def test_help_aliases(line: str, dispatcher: Dispatcher) -> None:
+    (reply,) = dispatcher.dispatch(_room(line))
+    assert "/types" in reply.text
+
+
+def test_unknown_command_suggests_nearest(dispatcher: Dispatcher) -> None:
+    (reply,) = dispatcher.dispatch(_room("/hepl"))
+    assert "/help" in reply.text
+
+
+def test_admin_command_refused_politely(dispatcher: Dispatcher) -> None:
+    (reply,) = dispatcher.dispatch(_room("/reload"))
+    assert "管理员" in reply.text
+
+
+def test_explain_by_chinese_alias_without_space(dispatcher: Dispatcher, knowledge: Knowledge) -> None:
+    (reply,) = dispatcher.dispatch(_room("/解释请求超时"))
+    for step in knowledge.alarms["request_timeout"].steps:
+        assert step.title.zh in reply.text
+
+
+def test_explain_every_type(dispatcher: Dispatcher, knowledge: Knowledge) -> None:
+    for alarm_type, entry in knowledge.alarms.items():
+        (reply,) = dispatcher.dispatch(_room(f"/explain {alarm_type}"))
+        assert entry.names.zh in reply.text
+
+
+def test_mention_with_question_is_answered(dispatcher: Dispatcher) -> None:
+    (reply,) = dispatcher.dispatch(_room("回应失败是什么原因", mentions_bot=True))
+    assert "回应" in reply.text
+    assert reply.mentions == ("id-alice",)
+
+
+def test_direct_message_gets_direct_answer(dispatcher: Dispatcher) -> None:
+    incoming = Incoming(room=None, sender="bob", sender_id="id-bob", text="nginx 499 是什么")
+    (reply,) = dispatcher.dispatch(incoming)
+    assert reply.room is None and reply.to == "id-bob"
+    assert "499" in reply.text
+
+
+def test_nginx_command(dispatcher: Dispatcher) -> None:
+    (reply,) = dispatcher.dispatch(_room("/nginx 502"))
+    assert "502" in reply.text
+    (reply,) = dispatcher.dispatch(_room("/nginx 999"))
+    assert "499" in reply.text
+
+
+def test_english_replies(knowledge: Knowledge) -> None:
+    dispatcher = Dispatcher(knowledge, lang="en")
+    (reply,) = dispatcher.dispatch(_room(ALARM))
+    assert "Request timeout" in reply.text or knowledge.alarms["request_timeout"].names.en in reply.text
+
+
+def test_crashing_handler_gets_apology_not_traceback(
+    dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def explode(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr("bot.dispatch.diagnose", explode)
+    (reply,) = dispatcher.dispatch(_room(ALARM))
+    assert reply.kind == "error"
+    assert "Traceback" not in reply.text and "boom" not in reply.text
+    assert "handler crashed" in caplog.text
+
+
+def test_reload_keeps_old_knowledge_when_new_is_broken(knowledge: Knowledge) -> None:
+    def broken() -> Knowledge:
+        raise KnowledgeError(["knowledge/alarms/markfail.yaml:3: names: field required"])
+
+    dispatcher = Dispatcher(knowledge, admins=("admin",), loader=broken)
+    (reply,) = dispatcher.dispatch(_room("/reload", sender="admin"))
+    assert "markfail.yaml:3" in reply.text
+    assert dispatcher.knowledge is knowledge
+    (reply,) = dispatcher.dispatch(_room(ALARM))
+    assert reply.kind == "alarm"
+
+
+def test_reload_swaps_in_new_knowledge(knowledge: Knowledge) -> None:
+    dispatcher = Dispatcher(knowledge, admins=("admin",), loader=lambda: knowledge)
+    (reply,) = dispatcher.dispatch(_room("/reload", sender="admin"))
+    assert str(len(knowledge.alarms)) in reply.text
