@@ -194,7 +194,9 @@ def render_answer(
     knowledge: Knowledge, renderer: ReplyRenderer, matches: list[Match]
 ) -> str:
     """Render the top match in full and list the next ones as "see also"."""
-    best, others = matches[0], matches[1:4]
+    best = matches[0]
+    # NOTE: weak hits only distract; "see also" lists those near the best.
+    others = [m for m in matches[1:4] if m.score >= best.score * 0.5]
     see_also = [_title(knowledge, m, renderer.lang) for m in others]
     if best.kind == "alarm":
         body = renderer.render("explain", entry=knowledge.alarms[best.id])

@@ -19,35 +19,6 @@ from bot.alarm import Alarm
 from bot.knowledge import AlarmType, Knowledge, Step, normalize
 
 SEVERITY_ORDER = ("info", "warning", "high", "critical")
-# The values each finding's wording may use, as ``f.<name>`` in findings.yaml.
-FINDING_VARIABLES: dict[str, tuple[str, ...]] = {
-    "quoted_success": ("content", "length"),
-    "success_padded": ("content", "length"),
-    "success_in_text_reply": ("msg_type",),
-    "reply_not_swapped": ("to_user", "from_user"),
-    "echo_request": (),
-    "empty_text_content": (),
-    "createtime_ms": ("create_time",),
-    "malformed_xml": ("error",),
-    "html_page": ("title",),
-    "error_text": ("snippet",),
-    "json_body": ("snippet",),
-    "network_error": (),
-    "http_not_found": ("code",),
-    "http_method": ("code",),
-    "http_forbidden": ("code",),
-    "http_client_error": ("code",),
-    "http_server_error": ("code",),
-    "http_redirect": ("code",),
-    "pay_empty_ack": (),
-    "pay_bad_ack": ("snippet",),
-    "decrypt_fail": (),
-    "third_party_platform": ("platform",),
-    "outer_ip": ("outer_ip",),
-    "private_ip": ("ip",),
-    "url_bad_port": ("port", "url"),
-    "ticket_reply": ("snippet",),
-}
 ESCALATING_TYPES = frozenset({"markfail", "ticket_timeout", "ticket_failure"})
 
 

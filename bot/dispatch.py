@@ -18,7 +18,8 @@ from bot.channels.base import Incoming, Reply
 from bot.commands import REGISTRY, CommandContext, answer
 from bot.diagnosis import Diagnosis, diagnose
 from bot.errors import KnowledgeError
-from bot.knowledge import Knowledge, load_knowledge
+from bot.kbcheck import load_checked
+from bot.knowledge import Knowledge
 from bot.render import ReplyRenderer
 from bot.search import KnowledgeSearch
 
@@ -66,7 +67,7 @@ class Dispatcher:
         self.lang = lang
         self.prefixes = tuple(p for p in prefixes if p)
         self.admins = {a.casefold() for a in admins}
-        self._loader = loader or (lambda: load_knowledge(knowledge.root))
+        self._loader = loader or (lambda: load_checked(knowledge.root))
         self._lock = threading.Lock()
         self._loaded = self._build(knowledge)
 

@@ -28,7 +28,12 @@ class AlarmParseError(BotError):
 
 
 class RenderError(BotError):
-    """A template could not be rendered."""
+    """A template could not be rendered; ``reason`` says why, without the place."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        self.where = where
+        self.reason = reason
+        super().__init__(f"{where}: {reason}")
 
 
 class SettingsError(BotError):

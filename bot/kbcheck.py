@@ -12,9 +12,9 @@ from datetime import datetime
 from pathlib import Path
 
 from bot.alarm import PLATFORM_TZ, Alarm
-from bot.diagnosis import FINDING_VARIABLES, Diagnosis, Finding, Target, diagnose
-from bot.errors import BotError, KnowledgeError
-from bot.knowledge import LANGS, Knowledge, load_knowledge
+from bot.diagnosis import Diagnosis, Finding, Target, diagnose
+from bot.errors import KnowledgeError, RenderError
+from bot.knowledge import FINDING_VARIABLES, LANGS, Knowledge, load_knowledge
 from bot.render import ReplyRenderer
 
 TEMPLATES = (
@@ -46,32 +46,37 @@ def check_knowledge(root: Path | None = None) -> tuple[Knowledge | None, list[st
     except KnowledgeError as exc:
         return None, exc.problems
     problems: list[str] = []
+    prefix = knowledge.root.name
     for lang in LANGS:
         renderer = ReplyRenderer(knowledge, lang)
-        problems += _check_templates(knowledge, renderer)
-        problems += _check_findings(knowledge, renderer)
-        problems += _check_alarms(knowledge, renderer)
+        problems += _check_templates(knowledge, renderer, prefix)
+        problems += _check_alarm_render(knowledge, renderer, prefix)
     return knowledge, list(dict.fromkeys(problems))
 
 
 def _attempt(
-    problems: list[str], where: str, action: Callable[..., object], *args: object, **kwargs: object
+    problems: list[str],
+    where: str,
+    action: Callable[..., object],
+    /,
+    *args: object,
+    **kwargs: object,
 ) -> None:
     try:
         action(*args, **kwargs)
-    except BotError as exc:
-        problems.append(f"{where}: {exc}")
+    except RenderError as exc:
+        problems.append(f"{where}: {exc.reason}")
     except Exception as exc:  # a template may raise anything while rendering
         problems.append(f"{where}: {type(exc).__name__}: {exc}")
 
 
-def _check_templates(knowledge: Knowledge, renderer: ReplyRenderer) -> list[str]:
+def _check_templates(
+    knowledge: Knowledge, renderer: ReplyRenderer, prefix: str
+) -> list[str]:
     problems: list[str] = []
     lang = renderer.lang
-    for name in TEMPLATES:
-        if f"{lang}/{name}.j2" not in knowledge.templates:
-            problems.append(f"templates/{lang}/{name}.j2: template missing")
     entry = next(iter(knowledge.alarms.values()))
+    table = knowledge.table("nginx_status") or next(iter(knowledge.tables.values()))
     samples: dict[str, dict[str, object]] = {
         "alarms_header": {"count": 2},
         "help": {"commands": ["help", "reload"], "is_admin": True},
@@ -79,6 +84,7 @@ def _check_templates(knowledge: Knowledge, renderer: ReplyRenderer) -> list[str]
         "usage": {"command": "explain"},
         "answer": {"body": "body", "see_also": ["a", "b"]},
         "no_answer": {"question": "?"},
+        "nginx_unknown": {"argument": "?", "table": table},
         "version": {"version": "0"},
         "denied": {"command": "reload"},
         "unknown_command": {"word": "hlep", "suggestions": ["help"]},
@@ -88,68 +94,50 @@ def _check_templates(knowledge: Knowledge, renderer: ReplyRenderer) -> list[str]
         "intro": {},
         "explain": {"entry": entry},
     }
-    for name, context in samples.items():
-        _attempt(problems, f"templates/{lang}/{name}.j2", renderer.render, name, **context)
+    for name in TEMPLATES:
+        where = f"{prefix}/templates/{lang}/{name}.j2"
+        if f"{lang}/{name}.j2" not in knowledge.templates:
+            problems.append(f"{where}: template missing")
+        elif name in samples:
+            _attempt(problems, where, renderer.render, name, **samples[name])
     for alarm in knowledge.alarms.values():
-        where = f"alarms/{alarm.id}.yaml"
+        where = f"{prefix}/alarms/{alarm.id}.yaml"
         _attempt(problems, where, renderer.render, "explain", entry=alarm)
     for faq in knowledge.faq.values():
-        _attempt(problems, f"faq.yaml: {faq.id}", renderer.render, "faq", entry=faq)
+        where = f"{prefix}/faq.yaml: {faq.id}"
+        _attempt(problems, where, renderer.render, "faq", entry=faq)
     for table in knowledge.tables.values():
-        where = f"reference/{table.id}.yaml"
+        where = f"{prefix}/reference/{table.id}.yaml"
         _attempt(problems, where, renderer.render, "table", table=table, row=None)
         for row in table.rows:
             _attempt(problems, where, renderer.render, "table", table=table, row=row)
-        if table.id == "nginx_status":
-            _attempt(
-                problems,
-                f"templates/{lang}/nginx_unknown.j2",
-                renderer.render, "nginx_unknown", argument="?", table=table,
-            )
     return problems
 
 
-def _check_findings(knowledge: Knowledge, renderer: ReplyRenderer) -> list[str]:
-    problems = [
-        f"findings.yaml: no wording for finding {finding_id!r}"
-        for finding_id in FINDING_VARIABLES
-        if finding_id not in knowledge.findings
-    ]
-    problems += [
-        f"findings.yaml: {finding_id}: unknown finding id {finding_id!r}"
-        for finding_id in knowledge.findings
-        if finding_id not in FINDING_VARIABLES
-    ]
-    return problems + _check_alarm_render(knowledge, renderer, all_findings=True)
-
-
-def _check_alarms(knowledge: Knowledge, renderer: ReplyRenderer) -> list[str]:
-    return _check_alarm_render(knowledge, renderer, all_findings=False)
-
-
 def _check_alarm_render(
-    knowledge: Knowledge, renderer: ReplyRenderer, *, all_findings: bool
+    knowledge: Knowledge, renderer: ReplyRenderer, prefix: str
 ) -> list[str]:
+    """Render every type's alarm reply with every finding and variant in it."""
     problems: list[str] = []
     findings = tuple(
         Finding(fid, {name: "x" for name in FINDING_VARIABLES[fid]})
         for fid in knowledge.findings
-        if fid in FINDING_VARIABLES
     )
+    target = Target(domain="example.com", ip="192.0.2.1", url="http://example.com/wx")
     for alarm_type, entry in knowledge.alarms.items():
         alarm = sample_alarm(alarm_type, entry.examples[0] if entry.examples else None)
         base = diagnose(alarm, knowledge)
         diagnosis = Diagnosis(
             alarm=alarm,
             entry=entry,
-            findings=findings if all_findings else base.findings,
+            findings=findings,
             steps=base.steps,
             variants=tuple(entry.variants),
-            target=Target(domain="example.com", ip="192.0.2.1", url="http://example.com/wx"),
+            target=target,
             event="subscribe",
             escalate=base.escalate,
         )
-        where = "findings.yaml" if all_findings else f"alarms/{alarm_type}.yaml"
+        where = f"{prefix}/alarms/{alarm_type}.yaml"
         _attempt(problems, where, renderer.alarm_reply, [diagnosis, diagnosis])
     return problems
 
@@ -169,3 +157,15 @@ def sample_alarm(alarm_type: str, content: str | None = None) -> Alarm:
         sample={"IP": "192.0.2.1", "Event": "subscribe"},
         nearest=("request_timeout",) if alarm_type == "unknown" else (),
     )
+
+
+def load_checked(root: Path | None = None) -> Knowledge:
+    """Load ``root`` and render everything; the loader the bot starts and reloads with.
+
+    Raises:
+        KnowledgeError: listing every problem, as ``alarm-bot kb check`` prints them.
+    """
+    knowledge, problems = check_knowledge(root)
+    if problems or knowledge is None:
+        raise KnowledgeError(problems)
+    return knowledge

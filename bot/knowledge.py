@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
+from jinja2 import TemplateSyntaxError, meta, nodes
+from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bot.alarm import Classification
@@ -212,45 +214,87 @@ def normalize(text: str) -> str:
 
 # ---------------------------------------------------------------- loading
 
+# The values each finding's wording may use, as ``f.<name>``; the detectors in
+# ``diagnosis.py`` fill exactly these.
+FINDING_VARIABLES: dict[str, tuple[str, ...]] = {
+    "quoted_success": ("content", "length"),
+    "success_padded": ("content", "length"),
+    "success_in_text_reply": ("msg_type",),
+    "reply_not_swapped": ("to_user", "from_user"),
+    "echo_request": (),
+    "empty_text_content": (),
+    "createtime_ms": ("create_time",),
+    "malformed_xml": ("error",),
+    "html_page": ("title",),
+    "error_text": ("snippet",),
+    "json_body": ("snippet",),
+    "network_error": (),
+    "http_not_found": ("code",),
+    "http_method": ("code",),
+    "http_forbidden": ("code",),
+    "http_client_error": ("code",),
+    "http_server_error": ("code",),
+    "http_redirect": ("code",),
+    "pay_empty_ack": (),
+    "pay_bad_ack": ("snippet",),
+    "decrypt_fail": (),
+    "third_party_platform": ("platform",),
+    "outer_ip": ("outer_ip",),
+    "private_ip": ("ip",),
+    "url_bad_port": ("port", "url"),
+    "ticket_reply": ("snippet",),
+}
+COMMAND_PLACEHOLDERS = frozenset({"domain", "ip", "url"})
+_EMPTY = object()
+# libyaml's parser when PyYAML was built with it (the wheels are): ten times faster.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-class _Problems:
+
+class Problems:
     """Collects every problem found while loading, each with file and line."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.items: list[str] = []
+        self.broken: set[Path] = set()
 
     def add(self, path: Path, line: int | None, message: str) -> None:
-        where = self._relative(path)
+        """Record ``message`` about ``path`` (at ``line`` when known)."""
+        where = self.where(path)
         self.items.append(f"{where}:{line}: {message}" if line else f"{where}: {message}")
 
-    def _relative(self, path: Path) -> str:
+    def where(self, path: Path) -> str:
+        """Name ``path`` from the knowledge directory, e.g. ``knowledge/faq.yaml``."""
         try:
             return str(Path(self.root.name) / path.relative_to(self.root))
         except ValueError:
             return str(path)
 
 
-def _read_yaml(path: Path, problems: _Problems) -> tuple[object, yaml.Node | None]:
+def _read_yaml(path: Path, problems: Problems) -> tuple[object, yaml.Node | None]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         problems.add(path, None, f"cannot read file: {exc}")
         return None, None
+    loader = _Loader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        # One parse gives both the node tree (for line numbers) and the data.
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         reason = getattr(exc, "problem", None) or str(exc)
         problems.add(path, line, f"invalid YAML: {reason}")
         return None, None
-    return data, node
+    finally:
+        loader.dispose()
+    return (_EMPTY if data is None else data), node
 
 
-def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """Follow a pydantic error location through the YAML node tree to a line."""
+def line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """Follow a key path through the YAML node tree to its line number."""
     line = node.start_mark.line + 1 if node is not None else None
     for part in loc:
         if isinstance(node, yaml.MappingNode):
@@ -269,31 +313,45 @@ def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     return line
 
 
-def _format_loc(loc: tuple[int | str, ...]) -> str:
+def format_loc(loc: tuple[int | str, ...]) -> str:
+    """Write a key path as ``steps[2].commands[0].run``."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top)"
 
 
-def _validate(model: type[M], path: Path, problems: _Problems) -> M | None:
+def _validate(
+    model: type[M], path: Path, problems: Problems
+) -> tuple[M | None, yaml.Node | None]:
     data, node = _read_yaml(path, problems)
-    if data is None and node is None:
-        return None
+    if data is None:
+        problems.broken.add(path)
+        return None, None
+    if data is _EMPTY:
+        problems.add(path, None, "the file is empty")
+        problems.broken.add(path)
+        return None, None
     try:
-        return model.model_validate(data)
+        return model.model_validate(data), node
     except ValidationError as exc:
+        problems.broken.add(path)
         for error in exc.errors():
             loc = tuple(p for p in error["loc"] if not str(p).startswith("function-"))
-            key = _format_loc(loc)
-            value = error.get("input")
-            shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
-            if error["type"] == "extra_forbidden":
-                message = f"{key}: unknown key {str(loc[-1])!r}"
-            else:
-                message = f"{key}: {error['msg'].lower()}{shown}"
-            problems.add(path, _line_of(node, loc), message)
-        return None
+            problems.add(path, line_of(node, loc), _describe(loc, error))
+        return None, node
+
+
+def _describe(loc: tuple[int | str, ...], error: Mapping[str, Any]) -> str:
+    key = format_loc(loc)
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key {str(loc[-1])!r}"
+    if error["type"] == "missing":
+        return f"{key}: required key missing"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    value = error.get("input")
+    shown = "" if isinstance(value, dict | list) or repr(value) in message else f" (got {value!r})"
+    return f"{key}: {message[0].lower()}{message[1:]}{shown}"
 
 
 def load_knowledge(root: Path | None = None) -> Knowledge:
@@ -309,58 +367,39 @@ def load_knowledge(root: Path | None = None) -> Knowledge:
         KnowledgeError: listing every problem found, each naming its file.
     """
     root = (root or default_root()).resolve()
-    problems = _Problems(root)
+    problems = Problems(root)
     if not root.is_dir():
         raise KnowledgeError([f"{root}: knowledge directory not found"])
 
-    alarms: dict[str, AlarmType] = {}
-    for path in sorted((root / "alarms").glob("*.yaml")):
-        entry = _validate(AlarmType, path, problems)
-        if entry is None:
-            continue
-        if entry.id != path.stem:
-            problems.add(path, 1, f"id: {entry.id!r} does not match the file name")
-        if entry.id in alarms:
-            problems.add(path, 1, f"id: duplicate alarm type {entry.id!r}")
-        alarms[entry.id] = entry
-    missing = [t for t in ALARM_TYPES if t not in alarms]
-    if missing and not problems.items:
-        problems.add(root / "alarms", None, f"missing alarm types: {', '.join(missing)}")
-
+    alarms = _load_alarms(root, problems)
     faq: dict[str, FaqEntry] = {}
     faq_path = root / "faq.yaml"
-    faq_file = _validate(FaqFile, faq_path, problems) if faq_path.exists() else None
-    for item in faq_file.faq if faq_file else []:
+    faq_file, faq_node = _validate(FaqFile, faq_path, problems)
+    for index, item in enumerate(faq_file.faq if faq_file else []):
         if item.id in faq:
-            problems.add(faq_path, None, f"faq: duplicate id {item.id!r}")
+            line = line_of(faq_node, ("faq", index, "id"))
+            problems.add(faq_path, line, f"faq[{index}].id: duplicate id {item.id!r}")
         faq[item.id] = item
+        _check_steps(item.steps, ("faq", index, "steps"), faq_path, faq_node, problems)
 
     tables: dict[str, Table] = {}
     for path in sorted((root / "reference").glob("*.yaml")):
-        table = _validate(Table, path, problems)
+        table, _ = _validate(Table, path, problems)
         if table is None:
             continue
         if table.id in tables:
             problems.add(path, 1, f"id: duplicate reference table {table.id!r}")
         tables[table.id] = table
 
-    findings: dict[str, FindingText] = {}
-    findings_path = root / "findings.yaml"
-    findings_file = (
-        _validate(FindingsFile, findings_path, problems)
-        if findings_path.exists()
-        else None
-    )
-    for finding in findings_file.findings if findings_file else []:
-        if finding.id in findings:
-            problems.add(findings_path, None, f"findings: duplicate id {finding.id!r}")
-        findings[finding.id] = finding
-
+    findings = _load_findings(root / "findings.yaml", problems)
     templates = _load_templates(root, problems)
     knowledge = Knowledge(
         root, alarms, faq, tables, findings, templates, TypeMatcher(alarms)
     )
-    _check_references(knowledge, problems)
+    if not problems.items:
+        # NOTE: only on an otherwise clean load: an entry that failed to load
+        # would make every link to it an error too and bury the real one.
+        _check_completeness(knowledge, problems)
     if problems.items:
         raise KnowledgeError(problems.items)
     logger.debug(
@@ -373,25 +412,119 @@ def load_knowledge(root: Path | None = None) -> Knowledge:
     return knowledge
 
 
-def _load_templates(root: Path, problems: _Problems) -> dict[str, str]:
+def _load_alarms(root: Path, problems: Problems) -> dict[str, AlarmType]:
+    alarms: dict[str, AlarmType] = {}
+    for path in sorted((root / "alarms").glob("*.yaml")):
+        entry, node = _validate(AlarmType, path, problems)
+        if entry is None:
+            continue
+        line = line_of(node, ("id",))
+        if entry.id != path.stem:
+            message = f"id: {entry.id!r} does not match the file name {path.name!r}"
+            problems.add(path, line, message)
+            continue
+        if entry.id in alarms:
+            problems.add(path, line, f"id: duplicate alarm type {entry.id!r}")
+            continue
+        alarms[entry.id] = entry
+        _check_steps(entry.steps, ("steps",), path, node, problems)
+        for name, variant in entry.variants.items():
+            where = ("variants", name, "steps")
+            _check_steps(variant.steps, where, path, node, problems)
+    return alarms
+
+
+def _check_steps(
+    steps: list[Step],
+    where: tuple[int | str, ...],
+    path: Path,
+    node: yaml.Node | None,
+    problems: Problems,
+) -> None:
+    """Commands may use only the placeholders the bot fills."""
+    for i, step in enumerate(steps):
+        for j, command in enumerate(step.commands):
+            loc = (*where, i, "commands", j, "run")
+            for message in _template_problems(command.run, COMMAND_PLACEHOLDERS, set()):
+                problems.add(path, line_of(node, loc), f"{format_loc(loc)}: {message}")
+
+
+def _load_findings(path: Path, problems: Problems) -> dict[str, FindingText]:
+    findings: dict[str, FindingText] = {}
+    findings_file, node = _validate(FindingsFile, path, problems)
+    for index, finding in enumerate(findings_file.findings if findings_file else []):
+        loc: tuple[int | str, ...] = ("findings", index, "id")
+        if finding.id in findings:
+            message = f"findings[{index}].id: duplicate id {finding.id!r}"
+            problems.add(path, line_of(node, loc), message)
+        if finding.id not in FINDING_VARIABLES:
+            known = ", ".join(FINDING_VARIABLES)
+            message = f"findings[{index}].id: unknown finding {finding.id!r} (known: {known})"
+            problems.add(path, line_of(node, loc), message)
+            continue
+        findings[finding.id] = finding
+        allowed = set(FINDING_VARIABLES[finding.id])
+        for field_name in ("text", "fix"):
+            for lang in LANGS:
+                source = getattr(getattr(finding, field_name), lang)
+                loc = ("findings", index, field_name, lang)
+                for message in _template_problems(source, {"f", "alarm"}, allowed):
+                    problems.add(path, line_of(node, loc), f"{format_loc(loc)}: {message}")
+    return findings
+
+
+def _template_problems(source: str, names: set[str] | frozenset[str], f_keys: set[str]) -> list[str]:
+    """Syntax errors and unknown variables in a template string from the YAML."""
+    try:
+        tree = _PARSER.parse(source)
+    except TemplateSyntaxError as exc:
+        return [f"template syntax: {exc.message}"]
+    out = [
+        f"unknown placeholder \"{{{{ {name} }}}}\""
+        for name in sorted(meta.find_undeclared_variables(tree) - set(names))
+    ]
+    for node in tree.find_all(nodes.Getattr):
+        if isinstance(node.node, nodes.Name) and node.node.name == "f":
+            if node.attr not in f_keys:
+                allowed = ", ".join(sorted(f_keys)) or "none"
+                out.append(f"unknown value \"f.{node.attr}\" (this finding has: {allowed})")
+    return out
+
+
+def _load_templates(root: Path, problems: Problems) -> dict[str, str]:
     templates: dict[str, str] = {}
     for path in sorted((root / "templates").glob("*/*.j2")):
         try:
-            templates[f"{path.parent.name}/{path.name}"] = path.read_text("utf-8")
+            source = path.read_text("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             problems.add(path, None, f"cannot read template: {exc}")
+            continue
+        try:
+            _PARSER.parse(source)
+        except TemplateSyntaxError as exc:
+            problems.add(path, exc.lineno, f"template syntax: {exc.message}")
+            continue
+        templates[f"{path.parent.name}/{path.name}"] = source
     return templates
 
 
-def _check_references(knowledge: Knowledge, problems: _Problems) -> None:
+def _check_completeness(knowledge: Knowledge, problems: Problems) -> None:
+    root = knowledge.root
+    missing = [t for t in ALARM_TYPES if t not in knowledge.alarms]
+    if missing:
+        problems.add(root / "alarms", None, f"missing alarm types: {', '.join(missing)}")
+    absent = [f for f in FINDING_VARIABLES if f not in knowledge.findings]
+    if absent:
+        message = f"findings: no wording for {', '.join(absent)}"
+        problems.add(root / "findings.yaml", None, message)
     known = {entry_id for _, entry_id in knowledge.ids()}
     sources: list[tuple[Path, str, list[str]]] = [
-        (knowledge.root / "alarms" / f"{a.id}.yaml", a.id, a.related)
+        (root / "alarms" / f"{a.id}.yaml", a.id, a.related)
         for a in knowledge.alarms.values()
     ]
-    sources += [(knowledge.root / "faq.yaml", f.id, f.related) for f in knowledge.faq.values()]
+    sources += [(root / "faq.yaml", f.id, f.related) for f in knowledge.faq.values()]
     sources += [
-        (knowledge.root / "reference" / f"{t.id}.yaml", t.id, t.related)
+        (root / "reference" / f"{t.id}.yaml", t.id, t.related)
         for t in knowledge.tables.values()
     ]
     for path, owner, related in sources:
@@ -399,6 +532,8 @@ def _check_references(knowledge: Knowledge, problems: _Problems) -> None:
             if target not in known:
                 problems.add(path, None, f"{owner}.related: unknown entry {target!r}")
 
+
+_PARSER = SandboxedEnvironment()
 
 
 # ---------------------------------------------------------- classification

@@ -8,10 +8,18 @@ printing a blank in the group. Replies are plain text: autoescape is off.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from datetime import datetime
 
-from jinja2 import DictLoader, StrictUndefined, TemplateError
+from jinja2 import (
+    DictLoader,
+    StrictUndefined,
+    Template,
+    TemplateError,
+    TemplateNotFound,
+    UndefinedError,
+)
 from jinja2.sandbox import SandboxedEnvironment
 
 from bot.diagnosis import Diagnosis, Finding, Target, lookup_event, worst
@@ -21,6 +29,8 @@ from bot.knowledge import Command, Knowledge, Text
 logger = logging.getLogger(__name__)
 
 MESSAGE_LIMIT = 2048
+# An alarm reply lists the first checks only; /explain shows the whole runbook.
+ALARM_STEPS = 6
 PLACEHOLDERS = {
     "zh": {"domain": "<你的域名>", "ip": "<服务器IP>", "url": "<服务器URL>"},
     "en": {"domain": "<your-domain>", "ip": "<server-ip>", "url": "<server-url>"},
@@ -34,6 +44,9 @@ class ReplyRenderer:
         self.knowledge = knowledge
         self.lang = lang if lang in PLACEHOLDERS else "zh"
         self.env = _environment(knowledge, self.lang)
+        # Findings and commands are small templates from the YAML; compile once.
+        self._compiled: dict[str, Template] = {}
+        self.env.filters["cmd"] = lambda run: self.commands([Command(run=run)], Target())[0]
 
     def render(self, name: str, **context: object) -> str:
         """Render template ``name`` (without language or suffix) with ``context``.
@@ -46,15 +59,18 @@ class ReplyRenderer:
             template = self.env.get_template(path)
             text = template.render(knowledge=self.knowledge, lang=self.lang, **context)
         except TemplateError as exc:
-            raise RenderError(f"knowledge/templates/{path}: {exc}") from exc
+            raise RenderError(f"templates/{path}", _reason(exc)) from exc
         return tidy(text)
 
     def render_text(self, source: str, **context: object) -> str:
         """Render a template string from the knowledge base (a finding, a command)."""
         try:
-            return self.env.from_string(source).render(**context)
+            template = self._compiled.get(source)
+            if template is None:
+                template = self._compiled[source] = self.env.from_string(source)
+            return template.render(**context)
         except TemplateError as exc:
-            raise RenderError(f"{source[:40]!r}: {exc}") from exc
+            raise RenderError(repr(source[:60]), _reason(exc)) from exc
 
     def alarm_reply(self, diagnoses: list[Diagnosis]) -> str:
         """Render the reply to a message carrying ``diagnoses``."""
@@ -80,8 +96,9 @@ class ReplyRenderer:
             "findings": findings,
             "steps": [
                 {"step": step, "commands": self.commands(step.commands, diagnosis.target)}
-                for step in diagnosis.steps
+                for step in diagnosis.steps[:ALARM_STEPS]
             ],
+            "more_steps": max(len(diagnosis.steps) - ALARM_STEPS, 0),
             "variants": [entry.variants[name] for name in diagnosis.variants],
             "window_end": alarm.window_end,
             "rate": alarm.rate_per_second,
@@ -108,6 +125,15 @@ class ReplyRenderer:
             "url": target.url if target.url and "://" in target.url else blanks["url"],
         }
         return [self.render_text(c.run, **values) for c in commands]
+
+
+def _reason(exc: TemplateError) -> str:
+    if isinstance(exc, UndefinedError):
+        name = re.search(r"'([^']+)' is undefined", exc.message or "")
+        return f"undefined variable {name.group(1)!r}" if name else str(exc.message)
+    if isinstance(exc, TemplateNotFound):
+        return "template missing"
+    return f"{type(exc).__name__}: {exc.message}"
 
 
 def _environment(knowledge: Knowledge, lang: str) -> SandboxedEnvironment:

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from bot.cli import cli
+from bot.dispatch import Dispatcher
+from bot.kbcheck import check_knowledge
+from bot.knowledge import Knowledge, default_root
+
+from .conftest import DATA
+
+BAD = sorted((DATA / "knowledge").glob("bad-*.yaml"))
+
+
+def broken_copy(spec_path: Path, tmp_path: Path) -> tuple[Path, str]:
+    """Copy the shipped knowledge and break it as the spec file says."""
+    spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    root = tmp_path / "knowledge"
+    shutil.copytree(default_root(), root)
+    target = root / spec["target"]
+    if spec.get("delete"):
+        target.unlink()
+    else:
+        target.write_text(spec["content"], encoding="utf-8")
+    return root, spec["expected"]
+
+
+def test_shipped_knowledge_has_no_problems() -> None:
+    knowledge, problems = check_knowledge()
+    assert problems == []
+    assert knowledge is not None
+
+
+@pytest.mark.parametrize("spec", BAD, ids=lambda p: p.stem)
+def test_kb_check_names_file_key_and_value(spec: Path, tmp_path: Path) -> None:
+    root, expected = broken_copy(spec, tmp_path)
+    _, problems = check_knowledge(root)
+    assert expected in problems
+    result = CliRunner().invoke(cli, ["kb", "check", str(root)])
+    assert result.exit_code == 1
+    assert expected in result.output
+
+
+@pytest.mark.parametrize("spec", BAD, ids=lambda p: p.stem)
+def test_reload_of_broken_knowledge_keeps_the_old(
+    spec: Path, tmp_path: Path, knowledge: Knowledge
+) -> None:
+    from bot.channels.base import Incoming
+    from bot.kbcheck import load_checked
+
+    root, expected = broken_copy(spec, tmp_path)
+    dispatcher = Dispatcher(knowledge, admins=("admin",), loader=lambda: load_checked(root))
+    incoming = Incoming(room="r", sender="admin", text="/reload")
+    (reply,) = dispatcher.dispatch(incoming)
+    assert expected in reply.text
+    assert dispatcher.knowledge is knowledge
+
+
+def test_every_alarm_type_faq_and_table_is_reachable_by_ask(knowledge: Knowledge) -> None:
+    from bot.search import KnowledgeSearch
+
+    search = KnowledgeSearch(knowledge)
+    for alarm in knowledge.alarms.values():
+        hits = search.search(alarm.names.zh)
+        assert alarm.id in [h.id for h in hits[:2]], alarm.id
+    for entry in knowledge.faq.values():
+        hits = search.search(entry.question.zh)
+        assert entry.id in [h.id for h in hits[:3]], entry.id
+    for table in knowledge.tables.values():
+        hits = search.search(table.title.zh)
+        assert table.id in [h.id for h in hits[:3]], table.id
