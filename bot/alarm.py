@@ -412,9 +412,7 @@ def _find_close(text: str, pos: int, size: int) -> int | None:
         pos = close + 1
 
 
-def _cut_off_body(
-    text: str, pos: int, size: int, limit: int | None
-) -> tuple[str, int]:
+def _cut_off_body(text: str, pos: int, size: int, limit: int | None) -> tuple[str, int]:
     line_end = text.find("\n", pos)
     line_end = size if line_end < 0 else line_end
     if text[pos:line_end].split("=", 1)[-1].lstrip().startswith("<"):

@@ -60,7 +60,9 @@ class CommandRegistry:
     def __init__(self, commands: list[ChatCommand]) -> None:
         self.commands = commands
         self._by_word = {
-            word.casefold(): cmd for cmd in commands for word in (cmd.name, *cmd.aliases)
+            word.casefold(): cmd
+            for cmd in commands
+            for word in (cmd.name, *cmd.aliases)
         }
 
     def parse(self, line: str) -> Invocation:
@@ -73,7 +75,7 @@ class CommandRegistry:
             # Chinese aliases are often typed without a space: "解释markfail".
             for alias, cmd in self._by_word.items():
                 if not alias.isascii() and word.startswith(alias):
-                    rest = f"{word[len(alias):]} {argument}".strip()
+                    rest = f"{word[len(alias) :]} {argument}".strip()
                     return Invocation(cmd, alias, rest)
         return Invocation(found, word, argument.strip())
 
@@ -107,7 +109,9 @@ def help_command(ctx: CommandContext, argument: str) -> str:
 
 def types_command(ctx: CommandContext, argument: str) -> str:
     """List the alarm types with one line each."""
-    entries = [ctx.knowledge.alarms[t] for t in ALARM_TYPES if t in ctx.knowledge.alarms]
+    entries = [
+        ctx.knowledge.alarms[t] for t in ALARM_TYPES if t in ctx.knowledge.alarms
+    ]
     return ctx.renderer.render("types", entries=entries)
 
 

@@ -73,6 +73,8 @@ def diagnose(alarm: Alarm, knowledge: Knowledge) -> Diagnosis:
     steps = [*entry.steps]
     for name in variants:
         steps = [*entry.variants[name].steps, *steps]
+    holding = conditions(alarm)
+    steps = [step for step in steps if set(step.when) <= holding]
     findings = tuple(f for f in find_all(alarm) if f.id in knowledge.findings)
     return Diagnosis(
         alarm=alarm,
@@ -84,6 +86,22 @@ def diagnose(alarm: Alarm, knowledge: Knowledge) -> Diagnosis:
         event=event_name(alarm, knowledge),
         escalate=alarm.type in ESCALATING_TYPES,
     )
+
+
+def conditions(alarm: Alarm) -> set[str]:
+    """The step conditions (``Step.when``) that hold for ``alarm``."""
+    body = _reply_body(alarm)
+    has_body = bool(body and body.strip())
+    holding = {"body"} if has_body else {"no_body"}
+    if alarm.get("http code") or alarm.get("http_code"):
+        holding.add("http_code")
+    if any(normalize(flag) == "decryptfail" for flag in alarm.flags):
+        holding.add("encrypted")
+    if alarm.third_party:
+        holding.add("third_party")
+    if alarm.pay_notify:
+        holding.add("pay_notify")
+    return holding
 
 
 def find_target(alarm: Alarm) -> Target:
@@ -117,7 +135,9 @@ def lookup_event(name: str, knowledge: Knowledge, lang: str) -> str | None:
     wanted = normalize(name)
     for row in table.rows:
         if wanted in {normalize(row.key), *(normalize(a) for a in row.aliases)}:
-            return row.meaning.get(lang)
+            # NOTE: a table note in brackets ("关注事件（扫码时…）") is too long
+            # for the one-line push type of an alarm reply.
+            return re.split(r"[（(]", row.meaning.get(lang), maxsplit=1)[0].strip()
     return None
 
 
@@ -132,7 +152,10 @@ _ERROR_RE = re.compile(
     r"bad gateway|not found|forbidden|unauthori[sz]ed|warning:",
     re.I,
 )
-_TAG_RE = re.compile(r"<(?P<tag>[A-Za-z]+)>\s*(?:<!\[CDATA\[(?P<cdata>.*?)\]\]>|(?P<text>[^<]*))</(?P=tag)>", re.S)
+_TAG_RE = re.compile(
+    r"<(?P<tag>[A-Za-z]+)>\s*(?:<!\[CDATA\[(?P<cdata>.*?)\]\]>|(?P<text>[^<]*))</(?P=tag)>",
+    re.S,
+)
 
 
 def detector(func: Detector) -> Detector:
@@ -320,7 +343,9 @@ def _address(alarm: Alarm) -> Iterator[Finding]:
         if address is not None and any(address in net for net in _INTERNAL_NETS):
             yield Finding("private_ip", {"ip": target.ip})
     if target.port is not None and target.port not in (80, 443):
-        yield Finding("url_bad_port", {"port": str(target.port), "url": target.url or ""})
+        yield Finding(
+            "url_bad_port", {"port": str(target.port), "url": target.url or ""}
+        )
 
 
 @detector

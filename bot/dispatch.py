@@ -109,7 +109,9 @@ class Dispatcher:
         addressed = incoming.mentions_bot or incoming.room is None
         command_line = self._command_line(text, addressed)
         if command_line is not None:
-            return [self._reply(incoming, self._command(incoming, command_line, loaded))]
+            return [
+                self._reply(incoming, self._command(incoming, command_line, loaded))
+            ]
 
         result = self.diagnose_text(text, loaded)
         if result.alarms:
@@ -119,9 +121,7 @@ class Dispatcher:
                 ",".join(a.type for a in result.alarms),
                 ",".join(a.appid or "-" for a in result.alarms),
             )
-            return [
-                self._reply(incoming, result.reply, kind="alarm", mention=False)
-            ]
+            return [self._reply(incoming, result.reply, kind="alarm", mention=False)]
         if addressed:
             ctx = self._context(incoming, loaded)
             return [self._reply(incoming, answer(ctx, text))]
@@ -189,7 +189,9 @@ class Dispatcher:
                 fresh = self._loader()
             except KnowledgeError as exc:
                 logger.error("reload refused: %d problems", len(exc.problems))
-                return self._loaded.renderer.render("reload_failed", problems=exc.problems)
+                return self._loaded.renderer.render(
+                    "reload_failed", problems=exc.problems
+                )
             self._loaded = self._build(fresh)
         logger.info("knowledge reloaded root=%s", fresh.root)
         return self._loaded.renderer.render(
@@ -200,7 +202,12 @@ class Dispatcher:
         )
 
     def _reply(
-        self, incoming: Incoming, text: str, *, kind: str = "command", mention: bool = True
+        self,
+        incoming: Incoming,
+        text: str,
+        *,
+        kind: str = "command",
+        mention: bool = True,
     ) -> Reply:
         mentions: tuple[str, ...] = ()
         if mention and incoming.room is not None:
@@ -209,6 +216,8 @@ class Dispatcher:
             room=incoming.room,
             text=text,
             mentions=mentions,
-            to=None if incoming.room is not None else (incoming.sender_id or incoming.sender),
+            to=None
+            if incoming.room is not None
+            else (incoming.sender_id or incoming.sender),
             kind=kind,
         )

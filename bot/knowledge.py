@@ -72,6 +72,13 @@ class Command(Entry):
     note: Text | None = None
 
 
+# What a step's ``when`` may name; an alarm reply lists a step only when all hold
+# (``explain`` always shows every step). See ``diagnosis.conditions``.
+Condition = Literal[
+    "body", "no_body", "http_code", "encrypted", "third_party", "pay_notify"
+]
+
+
 class Step(Entry):
     """One check of a runbook."""
 
@@ -79,6 +86,7 @@ class Step(Entry):
     title: Text
     detail: Text | None = None
     commands: list[Command] = []
+    when: list[Condition] = []
 
 
 class Variant(Entry):
@@ -261,7 +269,9 @@ class Problems:
     def add(self, path: Path, line: int | None, message: str) -> None:
         """Record ``message`` about ``path`` (at ``line`` when known)."""
         where = self.where(path)
-        self.items.append(f"{where}:{line}: {message}" if line else f"{where}: {message}")
+        self.items.append(
+            f"{where}:{line}: {message}" if line else f"{where}: {message}"
+        )
 
     def where(self, path: Path) -> str:
         """Name ``path`` from the knowledge directory, e.g. ``knowledge/faq.yaml``."""
@@ -317,7 +327,9 @@ def format_loc(loc: tuple[int | str, ...]) -> str:
     """Write a key path as ``steps[2].commands[0].run``."""
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out += (
+            f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        )
     return out or "(top)"
 
 
@@ -350,7 +362,11 @@ def _describe(loc: tuple[int | str, ...], error: Mapping[str, Any]) -> str:
         return f"{key}: required key missing"
     message = str(error["msg"]).removeprefix("Value error, ")
     value = error.get("input")
-    shown = "" if isinstance(value, dict | list) or repr(value) in message else f" (got {value!r})"
+    shown = (
+        ""
+        if isinstance(value, dict | list) or repr(value) in message
+        else f" (got {value!r})"
+    )
     return f"{key}: {message[0].lower()}{message[1:]}{shown}"
 
 
@@ -459,7 +475,9 @@ def _load_findings(path: Path, problems: Problems) -> dict[str, FindingText]:
             problems.add(path, line_of(node, loc), message)
         if finding.id not in FINDING_VARIABLES:
             known = ", ".join(FINDING_VARIABLES)
-            message = f"findings[{index}].id: unknown finding {finding.id!r} (known: {known})"
+            message = (
+                f"findings[{index}].id: unknown finding {finding.id!r} (known: {known})"
+            )
             problems.add(path, line_of(node, loc), message)
             continue
         findings[finding.id] = finding
@@ -469,25 +487,29 @@ def _load_findings(path: Path, problems: Problems) -> dict[str, FindingText]:
                 source = getattr(getattr(finding, field_name), lang)
                 loc = ("findings", index, field_name, lang)
                 for message in _template_problems(source, {"f", "alarm"}, allowed):
-                    problems.add(path, line_of(node, loc), f"{format_loc(loc)}: {message}")
+                    problems.add(
+                        path, line_of(node, loc), f"{format_loc(loc)}: {message}"
+                    )
     return findings
 
 
-def _template_problems(source: str, names: set[str] | frozenset[str], f_keys: set[str]) -> list[str]:
+def _template_problems(
+    source: str, names: set[str] | frozenset[str], f_keys: set[str]
+) -> list[str]:
     """Syntax errors and unknown variables in a template string from the YAML."""
     try:
         tree = _PARSER.parse(source)
     except TemplateSyntaxError as exc:
         return [f"template syntax: {exc.message}"]
     out = [
-        f"unknown placeholder \"{{{{ {name} }}}}\""
+        f'unknown placeholder "{{{{ {name} }}}}"'
         for name in sorted(meta.find_undeclared_variables(tree) - set(names))
     ]
     for node in tree.find_all(nodes.Getattr):
-        if isinstance(node.node, nodes.Name) and node.node.name == "f":
-            if node.attr not in f_keys:
-                allowed = ", ".join(sorted(f_keys)) or "none"
-                out.append(f"unknown value \"f.{node.attr}\" (this finding has: {allowed})")
+        is_f = isinstance(node.node, nodes.Name) and node.node.name == "f"
+        if is_f and node.attr not in f_keys:
+            allowed = ", ".join(sorted(f_keys)) or "none"
+            out.append(f'unknown value "f.{node.attr}" (this finding has: {allowed})')
     return out
 
 
@@ -512,7 +534,9 @@ def _check_completeness(knowledge: Knowledge, problems: Problems) -> None:
     root = knowledge.root
     missing = [t for t in ALARM_TYPES if t not in knowledge.alarms]
     if missing:
-        problems.add(root / "alarms", None, f"missing alarm types: {', '.join(missing)}")
+        problems.add(
+            root / "alarms", None, f"missing alarm types: {', '.join(missing)}"
+        )
     absent = [f for f in FINDING_VARIABLES if f not in knowledge.findings]
     if absent:
         message = f"findings: no wording for {', '.join(absent)}"

@@ -46,7 +46,9 @@ class ReplyRenderer:
         self.env = _environment(knowledge, self.lang)
         # Findings and commands are small templates from the YAML; compile once.
         self._compiled: dict[str, Template] = {}
-        self.env.filters["cmd"] = lambda run: self.commands([Command(run=run)], Target())[0]
+        self.env.filters["cmd"] = lambda run: self.commands(
+            [Command(run=run)], Target()
+        )[0]
 
     def render(self, name: str, **context: object) -> str:
         """Render template ``name`` (without language or suffix) with ``context``.
@@ -92,14 +94,21 @@ class ReplyRenderer:
             "diagnosis": diagnosis,
             "severity": severity,
             "event": event,
-            "event_name": lookup_event(event, self.knowledge, self.lang) if event else None,
+            "event_name": lookup_event(event, self.knowledge, self.lang)
+            if event
+            else None,
             "findings": findings,
             "steps": [
-                {"step": step, "commands": self.commands(step.commands, diagnosis.target)}
+                {
+                    "step": step,
+                    "commands": self.commands(step.commands, diagnosis.target),
+                }
                 for step in diagnosis.steps[:ALARM_STEPS]
             ],
             "more_steps": max(len(diagnosis.steps) - ALARM_STEPS, 0),
-            "variants": [entry.variants[name] for name in diagnosis.variants],
+            "variants": [
+                v for k, v in entry.variants.items() if k in diagnosis.variants
+            ],
             "window_end": alarm.window_end,
             "rate": alarm.rate_per_second,
             "target": diagnosis.target,

@@ -17,12 +17,18 @@ from dataclasses import dataclass
 from bot.knowledge import Knowledge, Text, normalize
 
 _WORD_RE = re.compile(r"[a-z0-9_$.()]+|[\u3400-\u9fff]+")
+# Question words carry no topic; they are dropped before scoring.
 _STOP = frozenset(
-    "是什么 什么 怎么 怎么办 如何 为什么 为何 哪些 一下 请问 这个 那个 的 了 吗 呢 啊 "
-    "是 有 和 与 在 要 会 能 the a an is are what how why which do does to of for "
-    "in on and or my me i we it this that".split()
+    (
+        "是什么 什么 怎么 怎么办 如何 为什么 为何 哪些 一下 请问 这个 那个 "
+        "的 了 吗 呢 啊 是 有 和 与 在 要 会 能 "
+        "the a an is are what how why which do does to of for in on and or "
+        "my me i we it this that"
+    ).split()
 )
-_STOP_BIGRAMS = frozenset({"什么", "怎么", "如何", "为什", "么是", "是什", "一下", "请问"})
+_STOP_BIGRAMS = frozenset(
+    {"什么", "怎么", "如何", "为什", "么是", "是什", "一下", "请问"}
+)
 # Field weights: a term in a name or keyword says more than one in a long answer.
 W_NAME, W_KEY, W_BODY = 3.0, 2.0, 1.0
 PHRASE_BONUS = 0.6
@@ -76,7 +82,11 @@ class KnowledgeSearch:
     """An index over every alarm type, FAQ entry and reference table."""
 
     def __init__(self, knowledge: Knowledge) -> None:
-        self.docs = [*_alarm_docs(knowledge), *_faq_docs(knowledge), *_table_docs(knowledge)]
+        self.docs = [
+            *_alarm_docs(knowledge),
+            *_faq_docs(knowledge),
+            *_table_docs(knowledge),
+        ]
         frequency: Counter[str] = Counter()
         for doc in self.docs:
             frequency.update(doc.terms.keys())

@@ -20,14 +20,17 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith(("ALARM_BOT_", "WECHATY_")):
             monkeypatch.delenv(name)
-    yield
+    return
 
 
 @pytest.fixture(scope="session")
 def knowledge() -> Knowledge:
     import os
     from pathlib import Path
-    return load_knowledge(Path(os.environ["KB_TMP"]) if "KB_TMP" in os.environ else None)
+
+    return load_knowledge(
+        Path(os.environ["KB_TMP"]) if "KB_TMP" in os.environ else None
+    )
 
 
 @pytest.fixture

@@ -59,7 +59,9 @@ def test_parse_alarm_matches_expected_parse(case: dict, knowledge: Knowledge) ->
         "错误样例: [a=b]",
     ],
 )
-def test_parse_text_without_alarm_yields_nothing(text: str, knowledge: Knowledge) -> None:
+def test_parse_text_without_alarm_yields_nothing(
+    text: str, knowledge: Knowledge
+) -> None:
     assert parse(text, knowledge.matcher) == []
 
 
@@ -74,17 +76,22 @@ def test_parse_time_is_platform_local_iso(knowledge: Knowledge) -> None:
 def test_parse_multiline_xml_value_keeps_text_exactly(knowledge: Knowledge) -> None:
     case = next(c for c in SAMPLES if c["id"] == "wx-01")
     (alarm,) = parse(case["alarm_text"], knowledge.matcher)
-    assert alarm.sample["response_content"] == case["expected"]["sample"]["response_content"]
+    assert (
+        alarm.sample["response_content"]
+        == case["expected"]["sample"]["response_content"]
+    )
     assert alarm.sample["response_content"].endswith("</xml>")
 
 
 def test_parse_pay_and_third_party_flags(knowledge: Knowledge) -> None:
     pay = next(c for c in SAMPLES if c["id"] == "wx-27")
     (alarm,) = parse(pay["alarm_text"], knowledge.matcher)
-    assert alarm.pay_notify and not alarm.third_party
+    assert alarm.pay_notify
+    assert not alarm.third_party
     hosted = next(c for c in SAMPLES if c["id"] == "wx-02")
     (alarm,) = parse(hosted["alarm_text"], knowledge.matcher)
-    assert alarm.third_party and not alarm.pay_notify
+    assert alarm.third_party
+    assert not alarm.pay_notify
     assert alarm.appid_raw == "wx30************"
 
 
@@ -130,14 +137,34 @@ def test_parse_one_megabyte_message_quickly(knowledge: Knowledge) -> None:
 
 
 _FIELD_TEXT = st.sampled_from(
-    ["Appid: ", "昵称：", "时间: ", "内容:", "次数: ", "错误样例: ", "报警排查指引,请见: ",
-     "[", "]", "=", "\n", "> ", "5分钟 ", "次", "<xml>", "]]>", "：", " "]
+    [
+        "Appid: ",
+        "昵称：",
+        "时间: ",
+        "内容:",
+        "次数: ",
+        "错误样例: ",
+        "报警排查指引,请见: ",
+        "[",
+        "]",
+        "=",
+        "\n",
+        "> ",
+        "5分钟 ",
+        "次",
+        "<xml>",
+        "]]>",
+        "：",
+        " ",
+    ]
 )
 
 
 @settings(max_examples=300, deadline=None)
 @given(pieces=st.lists(st.one_of(_FIELD_TEXT, st.text(max_size=20)), max_size=60))
-def test_parse_arbitrary_text_never_raises(pieces: list[str], knowledge: Knowledge) -> None:
+def test_parse_arbitrary_text_never_raises(
+    pieces: list[str], knowledge: Knowledge
+) -> None:
     alarms = parse("".join(pieces), knowledge.matcher)
     for alarm in alarms:
         assert alarm.to_json()["type"] in knowledge.alarms
@@ -149,7 +176,9 @@ def test_parse_arbitrary_text_never_raises(pieces: list[str], knowledge: Knowled
     cut=st.integers(min_value=0, max_value=2000),
     insert=st.text(max_size=10),
 )
-def test_parse_mutated_alarm_never_raises(case: dict, cut: int, insert: str, knowledge: Knowledge) -> None:
+def test_parse_mutated_alarm_never_raises(
+    case: dict, cut: int, insert: str, knowledge: Knowledge
+) -> None:
     text = case["alarm_text"]
     cut = cut % (len(text) + 1)
     mutated = text[:cut] + insert + text[cut:]

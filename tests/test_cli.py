@@ -25,8 +25,15 @@ def test_diagnose_json_contract_for_every_sample(case: dict) -> None:
     assert len(payload["alarms"]) == len(expected)
     for alarm, want in zip(payload["alarms"], expected, strict=True):
         assert set(alarm) == {
-            "type", "appid", "nickname", "time", "count", "window_minutes",
-            "sample", "third_party", "pay_notify",
+            "type",
+            "appid",
+            "nickname",
+            "time",
+            "count",
+            "window_minutes",
+            "sample",
+            "third_party",
+            "pay_notify",
         }
         assert alarm["type"] == want["type"]
         assert alarm["appid"] == want["appid"]

@@ -9,7 +9,9 @@ from bot.dispatch import Dispatcher
 from .test_alarm import SAMPLES
 
 
-async def test_console_reads_a_multiline_paste_as_one_message(dispatcher: Dispatcher) -> None:
+async def test_console_reads_a_multiline_paste_as_one_message(
+    dispatcher: Dispatcher,
+) -> None:
     alarm = next(c for c in SAMPLES if c["id"] == "wx-01")["alarm_text"]
     stdin = io.StringIO(alarm + "\n---\n/help\n")
     out = io.StringIO()
@@ -17,10 +19,13 @@ async def test_console_reads_a_multiline_paste_as_one_message(dispatcher: Dispat
     assert handled == 2
     text = out.getvalue()
     assert text.count("[alarm-bot]") >= 2
-    assert "回应失败" in text and "/explain" in text
+    assert "回应失败" in text
+    assert "/explain" in text
 
 
-async def test_console_ignores_chatter_and_answers_mentions(dispatcher: Dispatcher) -> None:
+async def test_console_ignores_chatter_and_answers_mentions(
+    dispatcher: Dispatcher,
+) -> None:
     out = io.StringIO()
     stdin = io.StringIO("今天天气不错\n---\n@bot nginx 499 是什么\n")
     await run_console(dispatcher.dispatch, stdin=stdin, out=out)
@@ -30,7 +35,8 @@ async def test_console_ignores_chatter_and_answers_mentions(dispatcher: Dispatch
 
 def test_mention_prefix_sets_mentions_bot() -> None:
     incoming = to_incoming("@alarm-bot 帮助", "you")
-    assert incoming.mentions_bot and incoming.text == "帮助"
+    assert incoming.mentions_bot
+    assert incoming.text == "帮助"
     assert not to_incoming("hello", "you").mentions_bot
 
 

@@ -34,7 +34,9 @@ def _findings(case_id: str, knowledge: Knowledge) -> list[str]:
         ("no-content-line", ["quoted_success"]),
     ],
 )
-def test_findings_of_real_alarms(case_id: str, expected: list[str], knowledge: Knowledge) -> None:
+def test_findings_of_real_alarms(
+    case_id: str, expected: list[str], knowledge: Knowledge
+) -> None:
     assert _findings(case_id, knowledge) == expected
 
 
@@ -67,7 +69,9 @@ def _alarm(**sample: str) -> Alarm:
         ({"3rdUrl": "https://a.example.com/wx"}, []),
     ],
 )
-def test_findings_from_sample_values(sample: dict[str, str], expected: list[str]) -> None:
+def test_findings_from_sample_values(
+    sample: dict[str, str], expected: list[str]
+) -> None:
     assert [f.id for f in find_all(_alarm(**sample))] == expected
 
 
@@ -84,7 +88,11 @@ def test_ticket_failure_with_wrong_body() -> None:
 def test_target_reads_url_domain_and_ip() -> None:
     alarm = _alarm(**{"3rdUrl": "http://wx.example.cn/notify", "ip": "198.51.100.1"})
     target = find_target(alarm)
-    assert (target.domain, target.ip, target.port) == ("wx.example.cn", "198.51.100.1", None)
+    assert (target.domain, target.ip, target.port) == (
+        "wx.example.cn",
+        "198.51.100.1",
+        None,
+    )
 
 
 def test_diagnosis_adds_variant_steps_and_escalation(knowledge: Knowledge) -> None:
@@ -103,5 +111,21 @@ def test_event_names_translate(knowledge: Knowledge) -> None:
 
     assert "取消关注" in (lookup_event("UnSubscribe", knowledge, "zh") or "")
     assert lookup_event("NoSuchEvent", knowledge, "zh") is None
-    for name in ("UnSubscribe", "Click", "Text", "TEMPLATESENDJOBFINISH", "Scan QRCode", "Location Report"):
+    for name in (
+        "UnSubscribe",
+        "Click",
+        "Text",
+        "TEMPLATESENDJOBFINISH",
+        "Scan QRCode",
+        "Location Report",
+    ):
         assert lookup_event(name, knowledge, "zh"), name
+
+
+def test_conditional_step_follows_the_sample(knowledge: Knowledge) -> None:
+    (with_body,) = parse(CASES["wx-02"], knowledge.matcher)
+    (empty,) = parse(CASES["chat-before-question-after"], knowledge.matcher)
+    with_ids = [s.id for s in diagnose(with_body, knowledge).steps]
+    empty_ids = [s.id for s in diagnose(empty, knowledge).steps]
+    assert "check-network-error" not in with_ids
+    assert "check-network-error" in empty_ids

@@ -14,7 +14,10 @@ ALARM = VARIANTS[0]["alarm_text"]
 
 def _room(text: str, *, sender: str = "alice", mentions_bot: bool = False) -> Incoming:
     return Incoming(
-        room="alarm-group", sender=sender, sender_id=f"id-{sender}", text=text,
+        room="alarm-group",
+        sender=sender,
+        sender_id=f"id-{sender}",
+        text=text,
         mentions_bot=mentions_bot,
     )
 
@@ -61,7 +64,9 @@ def test_admin_command_refused_politely(dispatcher: Dispatcher) -> None:
     assert "管理员" in reply.text
 
 
-def test_explain_by_chinese_alias_without_space(dispatcher: Dispatcher, knowledge: Knowledge) -> None:
+def test_explain_by_chinese_alias_without_space(
+    dispatcher: Dispatcher, knowledge: Knowledge
+) -> None:
     (reply,) = dispatcher.dispatch(_room("/解释请求超时"))
     for step in knowledge.alarms["request_timeout"].steps:
         assert step.title.zh in reply.text
@@ -80,9 +85,12 @@ def test_mention_with_question_is_answered(dispatcher: Dispatcher) -> None:
 
 
 def test_direct_message_gets_direct_answer(dispatcher: Dispatcher) -> None:
-    incoming = Incoming(room=None, sender="bob", sender_id="id-bob", text="nginx 499 是什么")
+    incoming = Incoming(
+        room=None, sender="bob", sender_id="id-bob", text="nginx 499 是什么"
+    )
     (reply,) = dispatcher.dispatch(incoming)
-    assert reply.room is None and reply.to == "id-bob"
+    assert reply.room is None
+    assert reply.to == "id-bob"
     assert "499" in reply.text
 
 
@@ -96,11 +104,16 @@ def test_nginx_command(dispatcher: Dispatcher) -> None:
 def test_english_replies(knowledge: Knowledge) -> None:
     dispatcher = Dispatcher(knowledge, lang="en")
     (reply,) = dispatcher.dispatch(_room(ALARM))
-    assert "Request timeout" in reply.text or knowledge.alarms["request_timeout"].names.en in reply.text
+    assert (
+        "Request timeout" in reply.text
+        or knowledge.alarms["request_timeout"].names.en in reply.text
+    )
 
 
 def test_crashing_handler_gets_apology_not_traceback(
-    dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    dispatcher: Dispatcher,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     def explode(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("boom")
@@ -108,13 +121,16 @@ def test_crashing_handler_gets_apology_not_traceback(
     monkeypatch.setattr("bot.dispatch.diagnose", explode)
     (reply,) = dispatcher.dispatch(_room(ALARM))
     assert reply.kind == "error"
-    assert "Traceback" not in reply.text and "boom" not in reply.text
+    assert "Traceback" not in reply.text
+    assert "boom" not in reply.text
     assert "handler crashed" in caplog.text
 
 
 def test_reload_keeps_old_knowledge_when_new_is_broken(knowledge: Knowledge) -> None:
     def broken() -> Knowledge:
-        raise KnowledgeError(["knowledge/alarms/markfail.yaml:3: names: field required"])
+        raise KnowledgeError(
+            ["knowledge/alarms/markfail.yaml:3: names: field required"]
+        )
 
     dispatcher = Dispatcher(knowledge, admins=("admin",), loader=broken)
     (reply,) = dispatcher.dispatch(_room("/reload", sender="admin"))

@@ -54,14 +54,18 @@ def test_reload_of_broken_knowledge_keeps_the_old(
     from bot.kbcheck import load_checked
 
     root, expected = broken_copy(spec, tmp_path)
-    dispatcher = Dispatcher(knowledge, admins=("admin",), loader=lambda: load_checked(root))
+    dispatcher = Dispatcher(
+        knowledge, admins=("admin",), loader=lambda: load_checked(root)
+    )
     incoming = Incoming(room="r", sender="admin", text="/reload")
     (reply,) = dispatcher.dispatch(incoming)
     assert expected in reply.text
     assert dispatcher.knowledge is knowledge
 
 
-def test_every_alarm_type_faq_and_table_is_reachable_by_ask(knowledge: Knowledge) -> None:
+def test_every_alarm_type_faq_and_table_is_reachable_by_ask(
+    knowledge: Knowledge,
+) -> None:
     from bot.search import KnowledgeSearch
 
     search = KnowledgeSearch(knowledge)

@@ -35,7 +35,9 @@ def test_split_message_cuts_an_overlong_line_on_character_boundary() -> None:
 
 
 @given(st.text(max_size=3000), st.integers(min_value=16, max_value=400))
-def test_split_message_never_exceeds_limit_and_loses_no_characters(text: str, limit: int) -> None:
+def test_split_message_never_exceeds_limit_and_loses_no_characters(
+    text: str, limit: int
+) -> None:
     messages = split_message(text, limit)
     assert all(len(m.encode()) <= limit for m in messages)
     squeezed = "".join(text.split())
@@ -48,14 +50,17 @@ def test_tidy_collapses_blank_runs() -> None:
 
 @pytest.mark.parametrize("lang", ["zh", "en"])
 @pytest.mark.parametrize("case", SAMPLES + VARIANTS, ids=lambda c: c["id"])
-def test_every_case_renders_a_reply(case: dict, lang: str, knowledge: Knowledge) -> None:
+def test_every_case_renders_a_reply(
+    case: dict, lang: str, knowledge: Knowledge
+) -> None:
     renderer = ReplyRenderer(knowledge, lang)
     alarms = parse(case["alarm_text"], knowledge.matcher)
     reply = renderer.alarm_reply([diagnose(a, knowledge) for a in alarms])
     assert reply
     for alarm in alarms:
         assert knowledge.alarm(alarm.type).names.get(lang) in reply
-    assert "{{" not in reply and "{%" not in reply
+    assert "{{" not in reply
+    assert "{%" not in reply
 
 
 def test_missing_template_raises_render_error(knowledge: Knowledge) -> None:

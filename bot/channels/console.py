@@ -25,7 +25,9 @@ logger = logging.getLogger(__name__)
 PASTE_PAUSE_S = 0.15
 SEPARATOR = "---"
 ROOM = "console"
-MENTION_RE = re.compile(r"^@(?:alarm-?bot|bot|报警助手)[\s\u2005:：,，]*", re.IGNORECASE)
+MENTION_RE = re.compile(
+    r"^@(?:alarm-?bot|bot|报警助手)[\s\u2005:：,，]*", re.IGNORECASE
+)
 
 
 class ConsoleChannel:
