@@ -25,12 +25,7 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def knowledge() -> Knowledge:
-    import os
-    from pathlib import Path
-
-    return load_knowledge(
-        Path(os.environ["KB_TMP"]) if "KB_TMP" in os.environ else None
-    )
+    return load_knowledge()
 
 
 @pytest.fixture
