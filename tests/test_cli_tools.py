@@ -1,0 +1,290 @@
+"""Tests for the diagnostics commands: ``probe``, ``logs`` and ``host``."""
+
+from __future__ import annotations
+
+import http.server
+import importlib.util
+import json
+import sys
+import threading
+import urllib.parse
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bot.cli import cli
+from bot.probe import MessageCrypto, sign
+
+TOKEN = "cli-token-s3cret"
+APPID = "wxb11529c136998cb6"
+AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+ROOT = Path(__file__).resolve().parent.parent
+
+Answer = Callable[[str, dict[str, str], bytes], tuple[int, bytes]]
+
+
+class Server:
+    """A threaded HTTP server on 127.0.0.1 (the commands run their own loop)."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._reply(b"")
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                self._reply(self.rfile.read(length))
+
+            def _reply(self, body: bytes) -> None:
+                query = dict(
+                    urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query)
+                )
+                outer.requests.append((self.command, query, body))
+                status, data = answer(self.command, query, body)
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, args=(0.05,), daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/wx"
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Answer], Server]]:
+    servers: list[Server] = []
+
+    def start(answer: Answer) -> Server:
+        server = Server(answer)
+        server.thread.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(cli, list(args), env=env)
+
+
+def probe_args(url: str, *extra: str) -> list[str]:
+    return [
+        "probe",
+        url,
+        "--token",
+        TOKEN,
+        "--allow-private",
+        "--no-public-dns",
+        *extra,
+    ]
+
+
+def correct(method: str, query: dict[str, str], body: bytes) -> tuple[int, bytes]:
+    if query.get("signature") != sign(TOKEN, query["timestamp"], query["nonce"]):
+        return 403, b"bad signature"
+    if method == "GET":
+        return 200, query["echostr"].encode()
+    message = ET.fromstring(body)
+    crypto = MessageCrypto(AES_KEY, APPID)
+    encrypted = message.findtext("Encrypt")
+    if encrypted:
+        message = ET.fromstring(crypto.decrypt(encrypted))
+    reply = (
+        f"<xml><ToUserName>{message.findtext('FromUserName')}</ToUserName>"
+        f"<FromUserName>{message.findtext('ToUserName')}</FromUserName>"
+        "<CreateTime>1</CreateTime><MsgType>text</MsgType><Content>hi</Content></xml>"
+    )
+    if not encrypted:
+        return 200, reply.encode()
+    inner = crypto.encrypt(reply)
+    signature = sign(TOKEN, "2", "3", inner)
+    wrapped = (
+        f"<xml><Encrypt>{inner}</Encrypt><MsgSignature>{signature}</MsgSignature>"
+        "<TimeStamp>2</TimeStamp><Nonce>3</Nonce></xml>"
+    )
+    return 200, wrapped.encode()
+
+
+# ---- probe
+
+
+def test_probe_json_reports_quoted_success_and_exits_1(serve):
+    server = serve(lambda method, query, body: (200, b'"success"'))
+    result = invoke(*probe_args(server.url, "--json"))
+    assert result.exit_code == 1, result.output
+    data = json.loads(result.stdout)
+    assert data["verdict"] == "invalid_response"
+    assert data["status"] == 200
+    assert data["response_length"] == 9
+    assert set(data["timings_ms"]) == {"dns", "connect", "first_byte", "total"}
+    assert data["findings"][0].startswith("The body is '\"success\"'")
+    assert 'the URL answered "success" with quotes' in data["reply"]
+
+
+def test_probe_text_on_a_correct_server_exits_0(serve):
+    server = serve(correct)
+    result = invoke(*probe_args(server.url))
+    assert result.exit_code == 0, result.output
+    assert "verdict: ok: the URL answered a well-formed text reply in " in result.stdout
+    assert TOKEN not in result.output
+
+
+def test_probe_safe_mode_with_the_key_from_the_environment(serve):
+    server = serve(correct)
+    env = {"ALARM_BOT_PROBE_AES_KEY": AES_KEY, "ALARM_BOT_PROBE_TOKEN": TOKEN}
+    args = ["probe", server.url, "--appid", APPID, "--allow-private", "--json"]
+    result = invoke(*args, env=env)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["mode"] == "safe"
+    assert data["verdict"] == "ok"
+    assert server.requests[0][1]["encrypt_type"] == "aes"
+    assert AES_KEY not in result.output
+    assert TOKEN not in result.output
+
+
+def test_probe_verify_sends_the_echostr_get(serve):
+    server = serve(correct)
+    result = invoke(*probe_args(server.url, "--verify", "--json"))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["check"] == "verify"
+    assert server.requests[0][0] == "GET"
+
+
+def test_probe_refuses_loopback_without_allow_private(serve):
+    server = serve(correct)
+    result = invoke("probe", server.url, "--token", TOKEN, "--no-public-dns")
+    assert result.exit_code == 1
+    assert "refused to probe: 127.0.0.1 is a loopback address" in result.output
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--aes-key", "short", "--appid", APPID], "43 base64 characters"),
+        (["--mode", "safe"], "safe mode needs the appid"),
+        (["--event", "a b"], "event must be a plain word"),
+    ],
+)
+def test_probe_bad_settings_are_usage_errors(extra, message):
+    result = invoke(*probe_args("http://127.0.0.1:9/wx", *extra))
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+# ---- logs
+
+
+def load_bench():
+    """The benchmark's log generator (shared with tests/test_logscan.py)."""
+    if "bench_logscan" in sys.modules:
+        return sys.modules["bench_logscan"]
+    spec = importlib.util.spec_from_file_location(
+        "bench_logscan", ROOT / "bench" / "bench_logscan.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_logscan"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory):
+    bench = load_bench()
+    return bench.write_logs(tmp_path_factory.mktemp("cli-logs"), size=1_000_000, rate=2)
+
+
+def test_logs_json_counts_the_window(logs):
+    access, errors, truth = logs
+    result = invoke(
+        "logs",
+        str(access),
+        "--error-log",
+        str(errors),
+        "--around",
+        "2014-12-01 20:12:00",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["window"]["requests"] == truth.requests == 600
+    assert data["window"]["status"] == dict(sorted(truth.status.items()))
+    assert data["window"]["start"] == "2014-12-01T20:12:00+08:00"
+    assert data["errors"]["counts"]["connect_failed"] == truth.error_lines
+    assert data["files"][0]["seek_ms"] >= 0
+    assert data["reply"].splitlines()[-1].startswith("conclusion: ")
+
+
+def test_logs_text_with_a_window_and_zone(logs):
+    access = logs[0]
+    args = ["logs", str(access), "--around", "2014-12-01 12:12:00", "--tz", "UTC"]
+    result = invoke(*args, "--window", "10m", "--format", "main")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(
+        "window: 2014-12-01 20:12:00+08:00 to 20:22:00 (main format)"
+    )
+    assert "conclusion: " in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--around", "yesterday"], "Invalid isoformat string"),
+        (["--around", "2014-12-01 20:12:00", "--window", "soon"], "not a duration"),
+        (["--around", "2014-12-01 20:12:00", "--tz", "Mars"], "not a UTC offset"),
+    ],
+)
+def test_logs_bad_values_are_usage_errors(logs, extra, message):
+    result = invoke("logs", str(logs[0]), *extra)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_logs_unknown_format_is_an_error(tmp_path):
+    path = tmp_path / "odd.log"
+    path.write_text("not an nginx line\n")
+    result = invoke("logs", str(path), "--around", "2014-12-01 20:12:00")
+    assert result.exit_code == 1
+    assert "pass its log_format with --format" in result.output
+
+
+# ---- host
+
+
+def test_host_json_and_text():
+    result = invoke("host", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["cpu_count"] >= 1
+    assert "tcp_states" in data
+    text = invoke("host", "--process", "python")
+    assert text.exit_code == 0
+    assert text.stdout.startswith("load (1, 5, 15 min): ")
+    assert "finding: " in text.stdout
+
+
+def test_help_lists_the_tools():
+    result = invoke("--help")
+    for name in ("probe", "logs", "host"):
+        assert f"  {name} " in result.stdout

@@ -1,0 +1,405 @@
+"""Tests for bot.logscan on generated nginx logs with a known fault window."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import io
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from bot.logscan import (
+    COMBINED_FORMAT,
+    MAIN_FORMAT,
+    AccessRecord,
+    LogFormat,
+    LogScanError,
+    WindowStats,
+    conclude,
+    error_line_time,
+    format_report,
+    nearest_rank,
+    parse_around,
+    parse_window,
+    parse_zone,
+    resolve_format,
+    scan_logs,
+    seek_time,
+    summarize,
+    summarize_errors,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_bench() -> ModuleType:
+    """The benchmark's generator, so the tests and the bench share one code path."""
+    if "bench_logscan" in sys.modules:
+        return sys.modules["bench_logscan"]
+    spec = importlib.util.spec_from_file_location(
+        "bench_logscan", ROOT / "bench" / "bench_logscan.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_logscan"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load_bench()
+
+
+def alarm_time(truth) -> datetime:
+    return datetime.fromtimestamp(truth.fault_start, UTC).astimezone(bench.ZONE)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("logs")
+    return bench.write_logs(directory, size=4_000_000, rate=5)
+
+
+# ---- the window, its counts and percentiles
+
+
+def test_window_counts_and_percentiles_match_what_was_written(generated):
+    access, errors, truth = generated
+    report = scan_logs([access], around=alarm_time(truth), error_log=errors)
+    assert bench.check(report, truth) == []
+    window = report.window
+    assert window.requests == truth.requests == 5 * 300
+    assert window.status["499"] == truth.status["499"] > 0
+    assert window.status["502"] == truth.status["502"] > 0
+    assert window.slow == truth.status["499"]
+    assert window.request_time is not None
+    assert window.request_time.max == max(truth.request_times)
+    assert report.baseline.requests == truth.baseline_requests == 5 * 300
+    assert report.errors is not None
+    assert report.errors.counts["refused"] == truth.error_lines
+
+
+def test_report_concludes_with_timeouts_and_the_refusing_backend(generated):
+    access, errors, truth = generated
+    report = scan_logs([access], around=alarm_time(truth), error_log=errors)
+    assert "request timeouts" in report.conclusions[0]
+    assert "the time goes to the backend" in report.conclusions[0]
+    assert "got 502 and the error log has" in report.conclusions[1]
+    text = format_report(report)
+    assert text.splitlines()[-1].startswith("conclusion: ")
+    assert "499: the client closed the connection" in text
+    assert "(seek " in text
+
+
+def test_secrets_in_query_strings_are_not_shown(generated):
+    access, errors, truth = generated
+    report = scan_logs([access], around=alarm_time(truth), error_log=errors)
+    text = format_report(report) + str(report.to_json())
+    assert "signature=" not in text
+    assert "openid=" not in text
+    assert "POST /wx?… HTTP/1.1" in text
+
+
+class CountingReader(io.BufferedReader):
+    read_bytes = 0
+    seeks = 0
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        line = super().readline(size)
+        self.read_bytes += len(line)
+        return line
+
+    def seek(self, target: int, whence: int = 0, /) -> int:
+        self.seeks += 1
+        return super().seek(target, whence)
+
+
+def test_seek_time_finds_the_window_with_a_few_small_reads(generated):
+    access, _, truth = generated
+    fmt = LogFormat.compile(MAIN_FORMAT, "main")
+    size = access.stat().st_size
+    with CountingReader(io.FileIO(access)) as stream:
+        offset = seek_time(stream, size, truth.fault_start, fmt.line_time)
+        assert stream.seeks <= 10
+        assert stream.read_bytes < 8 * 1024
+    data = access.read_bytes()
+    first = next(
+        i
+        for i, line in _line_starts(data)
+        if (fmt.line_time(line) or 0) >= truth.fault_start
+    )
+    assert offset <= first < offset + 64 * 1024 + 1024
+    assert offset == 0 or data[offset - 1 : offset] == b"\n"
+    before = data[:offset].splitlines()
+    assert all((fmt.line_time(line) or 0) < truth.fault_start for line in before[-3:])
+
+
+def _line_starts(data: bytes):
+    position = 0
+    for line in data.splitlines(keepends=True):
+        yield position, line
+        position += len(line)
+
+
+def test_only_the_window_is_read_from_a_plain_file(generated):
+    access, _, truth = generated
+    report = scan_logs([access], around=alarm_time(truth))
+    read = report.files[0]
+    assert not read.compressed
+    # 5 min window + 5 min baseline + a minute either side, of a 43-minute log
+    assert read.bytes_read < 0.35 * access.stat().st_size
+    assert read.seek_ms < 100
+
+
+def test_gzip_log_is_scanned_from_the_start_and_says_so(tmp_path):
+    access, errors, truth = bench.write_logs(
+        tmp_path, size=1_500_000, rate=5, compress=True
+    )
+    report = scan_logs([access], around=alarm_time(truth), error_log=errors)
+    assert bench.check(report, truth) == []
+    assert report.files[0].compressed
+    assert any("gzip-compressed: it cannot seek" in note for note in report.notes)
+
+
+def test_window_spread_over_two_rotated_files(generated, tmp_path):
+    access, _, truth = generated
+    lines = access.read_bytes().splitlines(keepends=True)
+    middle = len(lines) * 3 // 5 + 17  # inside the fault window
+    older, newer = tmp_path / "access.log.1.gz", tmp_path / "access.log"
+    with gzip.open(older, "wb") as out:
+        out.writelines(lines[:middle])
+    newer.write_bytes(b"".join(lines[middle:]))
+    report = scan_logs([older, newer], around=alarm_time(truth))
+    assert report.window.requests == truth.requests
+    assert report.window.status == dict(sorted(truth.status.items()))
+
+
+def test_an_alarm_time_in_another_zone_gives_the_same_window(generated):
+    access, _, truth = generated
+    around = alarm_time(truth).astimezone(UTC)
+    assert scan_logs([access], around=around).window.requests == truth.requests
+
+
+def test_naive_alarm_time_is_refused(generated):
+    access, _, _ = generated
+    with pytest.raises(ValueError, match="time zone"):
+        scan_logs([access], around=datetime(2014, 12, 1, 20, 12))  # noqa: DTZ001
+
+
+# ---- formats
+
+
+def combined_line(second: int, status: str) -> str:
+    moment = datetime.fromtimestamp(second, UTC).astimezone(bench.ZONE)
+    stamp = moment.strftime("%d/%b/%Y:%H:%M:%S %z")
+    return (
+        f'203.205.140.29 - - [{stamp}] "POST /wx?openid=oX HTTP/1.1" {status} 7 '
+        '"-" "Mozilla/4.0"\n'
+    )
+
+
+def test_combined_format_is_detected_and_counted(tmp_path):
+    start = bench.FAULT_AT
+    lines = [
+        combined_line(start - 600 + i, "404" if 600 <= i < 660 else "200")
+        for i in range(1200)
+    ]
+    path = tmp_path / "access.log"
+    path.write_text("".join(lines))
+    report = scan_logs([path], around=alarm_time(bench.Truth(start, 300)))
+    assert report.log_format == "combined"
+    assert report.window.requests == 300
+    assert report.window.status == {"200": 240, "404": 60}
+    assert report.window.request_time is None
+    assert any("no $request_time" in note for note in report.notes)
+    assert "60 requests got 404" in report.conclusions[0]
+
+
+def test_custom_log_format_with_iso_time(tmp_path):
+    fmt = '$time_iso8601 $status $request_time "$request" $upstream_response_time'
+    base = datetime(2014, 12, 1, 20, 12, tzinfo=bench.ZONE)
+    lines = []
+    for i in range(600):
+        moment = (base + timedelta(seconds=i - 300)).isoformat()
+        time_taken = (i % 100) / 10
+        lines.append(f'{moment} 200 {time_taken:.3f} "POST /wx HTTP/1.1" 0.010, 0.5\n')
+    path = tmp_path / "access.log"
+    path.write_text("".join(lines))
+    report = scan_logs([path], around=base, log_format=fmt)
+    times = sorted((i % 100) / 10 for i in range(300, 600))
+    assert report.window.requests == 300
+    assert report.window.request_time is not None
+    assert report.window.request_time.p95 == nearest_rank(times, 95)
+    assert report.window.slow == sum(t >= 5 for t in times)
+    assert report.window.upstream_time is not None
+    assert report.window.upstream_time.max == pytest.approx(0.51)
+
+
+def test_pasted_config_compiles_like_the_plain_format():
+    pasted = (
+        "log_format  main  '$remote_addr  - $remote_user [$time_local] \"$request\" '\n"
+        "    '$status $body_bytes_sent \"$http_referer\" '\n"
+        '    \'"$http_user_agent" "$http_x_forwarded_for" "$host"  '
+        '"$cookie_ssl_edition" \'\n'
+        '    \'"$upstream_addr"   "$upstream_status"  "$request_time"  \'\n'
+        "    '\"$upstream_response_time\" ';"
+    )
+    compiled = LogFormat.compile(pasted)
+    assert compiled.pattern.pattern == LogFormat.compile(MAIN_FORMAT).pattern.pattern
+
+
+def test_main_format_line_with_several_upstreams():
+    line = (
+        '1.2.3.4  - - [01/Dec/2014:20:12:03 +0800] "POST /wx?signature=abc HTTP/1.1" '
+        '200 7 "-" "Mozilla/4.0" "-" "mp.example.com"  "-" '
+        '"10.0.0.1:80, 10.0.0.2:80"   "502, 200"  "0.600"  "0.100, 0.499" '
+    )
+    record = LogFormat.compile(MAIN_FORMAT, "main").parse(line)
+    assert record is not None
+    assert record.time == datetime(2014, 12, 1, 12, 12, 3, tzinfo=UTC).timestamp()
+    assert record.status == "200"
+    assert record.upstream_status == "200"
+    assert record.upstream_time == pytest.approx(0.599)
+    assert record.request_time == 0.6
+    assert record.shown_request == "POST /wx?… HTTP/1.1"
+
+
+def test_format_without_time_or_status_is_refused():
+    with pytest.raises(LogScanError, match="needs a time variable"):
+        LogFormat.compile('$remote_addr "$request" $status')
+    with pytest.raises(LogScanError, match="needs a time variable"):
+        LogFormat.compile("[$time_local] $request_time")
+
+
+def test_unknown_log_is_refused_with_a_hint():
+    with pytest.raises(LogScanError, match="--format"):
+        resolve_format(None, ["hello world\n", "not nginx\n"])
+
+
+def test_main_is_preferred_over_combined_for_guide_lines(generated):
+    access, _, _ = generated
+    head = access.read_text().splitlines(keepends=True)[:5]
+    assert resolve_format(None, head).name == "main"
+    assert resolve_format("combined", head).text == COMBINED_FORMAT
+
+
+def test_missing_file_is_a_log_scan_error(tmp_path):
+    with pytest.raises(LogScanError, match="cannot read"):
+        scan_logs([tmp_path / "nope.log"], around=parse_around("2014-12-01 20:12:00"))
+
+
+# ---- the error log
+
+
+def test_error_log_signs_are_counted_in_the_window():
+    offset = 8 * 3600
+    lines = [
+        b"2014/12/01 20:11:59 [error] 1#0: connect() failed (111: Connection refused)",
+        b"2014/12/01 20:12:01 [alert] 1#0: 1024 worker_connections are not enough",
+        b"2014/12/01 20:12:02 [crit] 1#0: accept4() failed (24: Too many open files)",
+        b"2014/12/01 20:12:03 [error] 1#0: recv() failed (104: Connection reset by "
+        b'peer), request: "POST /wx?token=abc HTTP/1.1"',
+        b"    a continuation line without a time",
+        b"2014/12/01 20:17:00 [error] 1#0: connect() failed (111: Connection refused)",
+    ]
+    start = error_line_time(offset)(b"2014/12/01 20:12:00 ") or 0.0
+    summary = summarize_errors(Path("error.log"), lines, start, start + 300, offset)
+    assert summary.counts == {"reset": 1, "worker_connections": 1, "open_files": 1}
+    assert summary.lines == 3
+    assert all("token=abc" not in sample for sample in summary.samples)
+
+
+# ---- conclusions
+
+
+def record(second: float, status: str = "200", took: float = 0.05) -> AccessRecord:
+    return AccessRecord(second, status, status, took, took, "POST /wx", None)
+
+
+def stats(records: list[AccessRecord], start: float = 0.0) -> WindowStats:
+    return summarize(records, start, start + 300)
+
+
+def test_conclusion_without_requests_after_traffic_before():
+    baseline = stats([record(-100.0)], -300.0)
+    found = conclude(stats([]), baseline, None)
+    assert found[0].startswith("No request reached nginx in the window, after 1 ")
+
+
+def test_conclusion_without_any_request_asks_about_the_log():
+    assert "time zone" in conclude(stats([]), stats([], -300), None)[0]
+
+
+def test_conclusion_when_all_is_well_points_to_the_probe():
+    window = stats([record(float(i)) for i in range(200)])
+    found = conclude(window, stats([], -300), None)
+    assert found == (
+        "All 200 requests were answered in time with request_time p99 0.050 s: "
+        "nginx saw no fault in this window. A DNS failure or connect timeout "
+        "happens before nginx, and an invalid response is in the body: probe the "
+        "URL to see it.",
+    )
+
+
+def test_conclusion_names_exhausted_connections_first():
+    window = stats([record(float(i)) for i in range(200)])
+    errors = summarize_errors(
+        Path("e"),
+        [b"1970/01/01 00:00:05 [alert] 1#0: 512 worker_connections are not enough"],
+        0.0,
+        300.0,
+        0.0,
+    )
+    found = conclude(window, stats([], -300), errors)
+    assert found[0].startswith("nginx ran out of connections")
+
+
+def test_slow_backend_with_fast_nginx_is_told_apart():
+    records = [record(float(i)) for i in range(100)]
+    records += [
+        AccessRecord(float(i), "200", "200", 5.5, 0.01, "POST /wx", None)
+        for i in range(100, 110)
+    ]
+    found = conclude(stats(records), stats([], -300), None)
+    assert "10 requests (9%) took 5 s or longer" in found[0]
+    assert "the backend answers fast" in found[0]
+
+
+def test_a_few_stray_404s_are_not_a_conclusion():
+    records = [record(float(i)) for i in range(1000)] + [record(5.0, "404")]
+    assert "got 404" not in " ".join(conclude(stats(records), stats([]), None))
+
+
+# ---- parsing the command-line values
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("5m", 300), ("300s", 300), ("1h", 3600), ("10", 600)]
+)
+def test_parse_window(text, seconds):
+    assert parse_window(text).total_seconds() == seconds
+
+
+def test_parse_window_refuses_nonsense():
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_window("five minutes")
+
+
+def test_parse_around_uses_the_zone_when_naive():
+    moment = parse_around("2014-12-01 20:12:00")
+    assert moment.utcoffset() == timedelta(hours=8)
+    assert parse_around("2014-12-01T12:12:00+00:00") == moment
+    assert parse_around("2014-12-01 12:12:00", "UTC") == moment
+    assert parse_zone("-0530").utcoffset(None) == -timedelta(hours=5, minutes=30)
+
+
+def test_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert nearest_rank(values, 50) == 50
+    assert nearest_rank(values, 95) == 95
+    assert nearest_rank(values, 99) == 99
+    assert nearest_rank([3.0], 50) == 3.0
