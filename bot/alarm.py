@@ -14,6 +14,7 @@ raises: text it cannot read as an alarm simply yields no alarm.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass, field
@@ -103,14 +104,18 @@ class Alarm:
     pay_notify: bool = False
     nearest: tuple[str, ...] = ()
     raw: str = ""
+    _folded: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Sample keys vary in case ("IP", "ip"); index them once, first one wins.
+        folded: dict[str, str] = {}
+        for name, value in self.sample.items():
+            folded.setdefault(_fold_key(name), value)
+        object.__setattr__(self, "_folded", folded)
 
     def get(self, key: str) -> str | None:
         """Return a sample value by key, ignoring case and spacing."""
-        wanted = _fold_key(key)
-        for name, value in self.sample.items():
-            if _fold_key(name) == wanted:
-                return value
-        return None
+        return self._folded.get(_fold_key(key))
 
     @property
     def window_end(self) -> datetime | None:
@@ -348,6 +353,7 @@ def _unique(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def _fold_key(key: str) -> str:
     return "".join(ch for ch in key.casefold() if ch.isalnum())
 

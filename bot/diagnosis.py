@@ -129,16 +129,12 @@ def event_name(alarm: Alarm, knowledge: Knowledge) -> str | None:
 
 def lookup_event(name: str, knowledge: Knowledge, lang: str) -> str | None:
     """Translate an event or message type with the ``push_events`` table."""
-    table = knowledge.table("push_events")
-    if table is None:
+    row = knowledge.events.get(normalize(name))
+    if row is None:
         return None
-    wanted = normalize(name)
-    for row in table.rows:
-        if wanted in {normalize(row.key), *(normalize(a) for a in row.aliases)}:
-            # NOTE: a table note in brackets ("关注事件（扫码时…）") is too long
-            # for the one-line push type of an alarm reply.
-            return re.split(r"[（(]", row.meaning.get(lang), maxsplit=1)[0].strip()
-    return None
+    # NOTE: a table note in brackets ("关注事件（扫码时…）") is too long for the
+    # one-line push type of an alarm reply.
+    return re.split(r"[（(]", row.meaning.get(lang), maxsplit=1)[0].strip()
 
 
 # ----------------------------------------------------------------- findings

@@ -8,10 +8,11 @@ value, so a broken file fails at start-up rather than at the first alarm.
 
 from __future__ import annotations
 
+import functools
 import logging
 import unicodedata
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -187,6 +188,7 @@ class Knowledge:
     findings: dict[str, FindingText]
     templates: dict[str, str]
     matcher: TypeMatcher
+    events: dict[str, Row] = field(default_factory=dict)
 
     def alarm(self, alarm_type: str) -> AlarmType:
         """Return the entry of ``alarm_type``, or the ``unknown`` entry."""
@@ -410,7 +412,14 @@ def load_knowledge(root: Path | None = None) -> Knowledge:
     findings = _load_findings(root / "findings.yaml", problems)
     templates = _load_templates(root, problems)
     knowledge = Knowledge(
-        root, alarms, faq, tables, findings, templates, TypeMatcher(alarms)
+        root,
+        alarms,
+        faq,
+        tables,
+        findings,
+        templates,
+        TypeMatcher(alarms),
+        _event_index(tables.get("push_events")),
     )
     if not problems.items:
         # NOTE: only on an otherwise clean load: an entry that failed to load
@@ -426,6 +435,15 @@ def load_knowledge(root: Path | None = None) -> Knowledge:
         len(tables),
     )
     return knowledge
+
+
+def _event_index(table: Table | None) -> dict[str, Row]:
+    """Push event names by normalised key and alias; the first row wins."""
+    index: dict[str, Row] = {}
+    for row in table.rows if table else []:
+        for name in (row.key, *row.aliases):
+            index.setdefault(normalize(name), row)
+    return index
 
 
 def _load_alarms(root: Path, problems: Problems) -> dict[str, AlarmType]:
@@ -497,10 +515,19 @@ def _template_problems(
     source: str, names: set[str] | frozenset[str], f_keys: set[str]
 ) -> list[str]:
     """Syntax errors and unknown variables in a template string from the YAML."""
+    return list(_source_problems(source, frozenset(names), frozenset(f_keys)))
+
+
+# NOTE: parsing the same strings again was most of a reload's load time; a
+# template string's problems depend on nothing but the arguments.
+@functools.lru_cache(maxsize=8192)
+def _source_problems(
+    source: str, names: frozenset[str], f_keys: frozenset[str]
+) -> tuple[str, ...]:
     try:
         tree = _PARSER.parse(source)
     except TemplateSyntaxError as exc:
-        return [f"template syntax: {exc.message}"]
+        return (f"template syntax: {exc.message}",)
     out = [
         f'unknown placeholder "{{{{ {name} }}}}"'
         for name in sorted(meta.find_undeclared_variables(tree) - set(names))
@@ -510,7 +537,17 @@ def _template_problems(
         if is_f and node.attr not in f_keys:
             allowed = ", ".join(sorted(f_keys)) or "none"
             out.append(f'unknown value "f.{node.attr}" (this finding has: {allowed})')
-    return out
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _syntax_error(source: str) -> tuple[int, str] | None:
+    """The line and message of a template's syntax error, if it has one."""
+    try:
+        _PARSER.parse(source)
+    except TemplateSyntaxError as exc:
+        return exc.lineno, str(exc.message)
+    return None
 
 
 def _load_templates(root: Path, problems: Problems) -> dict[str, str]:
@@ -521,10 +558,9 @@ def _load_templates(root: Path, problems: Problems) -> dict[str, str]:
         except (OSError, UnicodeDecodeError) as exc:
             problems.add(path, None, f"cannot read template: {exc}")
             continue
-        try:
-            _PARSER.parse(source)
-        except TemplateSyntaxError as exc:
-            problems.add(path, exc.lineno, f"template syntax: {exc.message}")
+        error = _syntax_error(source)
+        if error is not None:
+            problems.add(path, error[0], f"template syntax: {error[1]}")
             continue
         templates[f"{path.parent.name}/{path.name}"] = source
     return templates
@@ -542,19 +578,34 @@ def _check_completeness(knowledge: Knowledge, problems: Problems) -> None:
         message = f"findings: no wording for {', '.join(absent)}"
         problems.add(root / "findings.yaml", None, message)
     known = {entry_id for _, entry_id in knowledge.ids()}
-    sources: list[tuple[Path, str, list[str]]] = [
-        (root / "alarms" / f"{a.id}.yaml", a.id, a.related)
+    sources: list[tuple[Path | str, tuple[int | str, ...], list[str]]] = [
+        (root / "alarms" / f"{a.id}.yaml", (), a.related)
         for a in knowledge.alarms.values()
     ]
-    sources += [(root / "faq.yaml", f.id, f.related) for f in knowledge.faq.values()]
     sources += [
-        (root / "reference" / f"{t.id}.yaml", t.id, t.related)
-        for t in knowledge.tables.values()
+        (root / "faq.yaml", ("faq", index), f.related)
+        for index, f in enumerate(knowledge.faq.values())
     ]
-    for path, owner, related in sources:
-        for target in related:
-            if target not in known:
-                problems.add(path, None, f"{owner}.related: unknown entry {target!r}")
+    # NOTE: a table's file is named freely; it is looked up only on a problem.
+    sources += [(t.id, (), t.related) for t in knowledge.tables.values()]
+    for source, prefix, related in sources:
+        for index, target in enumerate(related):
+            if target in known:
+                continue
+            path = source if isinstance(source, Path) else table_path(root, source)
+            loc = (*prefix, "related", index)
+            node = _read_yaml(path, Problems(root))[1]
+            message = f"{format_loc(loc)}: unknown entry {target!r}"
+            problems.add(path, line_of(node, loc), message)
+
+
+def table_path(root: Path, table_id: str) -> Path:
+    """The reference file that holds table ``table_id``."""
+    for path in sorted((root / "reference").glob("*.yaml")):
+        data = _read_yaml(path, Problems(root))[0]
+        if isinstance(data, dict) and data.get("id") == table_id:
+            return path
+    return root / "reference" / f"{table_id}.yaml"
 
 
 _PARSER = SandboxedEnvironment()

@@ -11,8 +11,10 @@ import logging
 import re
 from collections.abc import Mapping
 from datetime import datetime
+from types import CodeType
 
 from jinja2 import (
+    BytecodeCache,
     DictLoader,
     StrictUndefined,
     Template,
@@ -20,6 +22,7 @@ from jinja2 import (
     TemplateNotFound,
     UndefinedError,
 )
+from jinja2.bccache import Bucket
 from jinja2.sandbox import SandboxedEnvironment
 
 from bot.diagnosis import Diagnosis, Finding, Target, lookup_event, worst
@@ -46,6 +49,7 @@ class ReplyRenderer:
         self.env = _environment(knowledge, self.lang)
         # Findings and commands are small templates from the YAML; compile once.
         self._compiled: dict[str, Template] = {}
+        self._commands: dict[tuple[str, str, str, str], str] = {}
         self.env.filters["cmd"] = lambda run: self.commands(
             [Command(run=run)], Target()
         )[0]
@@ -69,7 +73,12 @@ class ReplyRenderer:
         try:
             template = self._compiled.get(source)
             if template is None:
-                template = self._compiled[source] = self.env.from_string(source)
+                code = _CODE.get(source)
+                if code is None:
+                    code = _CODE[source] = self.env.compile(source)
+                template = self._compiled[source] = self.env.template_class.from_code(
+                    self.env, code, self.env.make_globals(None)
+                )
             return template.render(**context)
         except TemplateError as exc:
             raise RenderError(repr(source[:60]), _reason(exc)) from exc
@@ -133,7 +142,18 @@ class ReplyRenderer:
             "ip": target.ip or blanks["ip"],
             "url": target.url if target.url and "://" in target.url else blanks["url"],
         }
-        return [self.render_text(c.run, **values) for c in commands]
+        key = (values["domain"], values["ip"], values["url"])
+        out = []
+        for command in commands:
+            # The same few commands recur with the same target: render once.
+            cached = self._commands.get((command.run, *key))
+            if cached is None:
+                cached = self.render_text(command.run, **values)
+                if len(self._commands) > 4096:
+                    self._commands.clear()
+                self._commands[(command.run, *key)] = cached
+            out.append(cached)
+        return out
 
 
 def _reason(exc: TemplateError) -> str:
@@ -145,9 +165,46 @@ def _reason(exc: TemplateError) -> str:
     return f"{type(exc).__name__}: {exc.message}"
 
 
+class _CodeCache(BytecodeCache):
+    """Compiled templates shared by every renderer, keyed by name and source.
+
+    A reload builds new renderers for the whole knowledge base; compiling the
+    templates again was most of its time. Every environment here has the same
+    options, so code compiled by one serves all; a changed source gets a new key.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self.codes: dict[tuple[str, str], CodeType | None] = {}
+
+    def load_bytecode(self, bucket: Bucket) -> None:
+        code = self.codes.get((bucket.key, bucket.checksum))
+        if code is not None:
+            bucket.code = code
+
+    def dump_bytecode(self, bucket: Bucket) -> None:
+        if len(self.codes) >= self.size:
+            self.codes.clear()
+        self.codes[(bucket.key, bucket.checksum)] = bucket.code
+
+
+class _SourceCodes(dict[str, CodeType]):
+    """Compiled finding and command templates, by source; cleared when full."""
+
+    def __setitem__(self, key: str, value: CodeType) -> None:
+        if len(self) >= 4096:
+            self.clear()
+        super().__setitem__(key, value)
+
+
+_TEMPLATE_CODES = _CodeCache()
+_CODE = _SourceCodes()
+
+
 def _environment(knowledge: Knowledge, lang: str) -> SandboxedEnvironment:
     env = SandboxedEnvironment(
         loader=DictLoader(knowledge.templates),
+        bytecode_cache=_TEMPLATE_CODES,
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
