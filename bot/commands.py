@@ -11,18 +11,71 @@ import difflib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
 
 from bot import __version__
+from bot.alarm import APPID_RE
+from bot.kbedit import KnowledgeEditor, kb_command
 from bot.knowledge import ALARM_TYPES, AlarmType, Knowledge, normalize
+from bot.policy import DEFAULT_WINDOW_MINUTES, Ack, Silence, parse_duration
 from bot.render import ReplyRenderer
 from bot.search import KnowledgeSearch, Match
+from bot.store import AlarmStats, WindowCount
 
 logger = logging.getLogger(__name__)
 
 
+class AlarmDesk(Protocol):
+    """What the alarm commands need from the running bot (``AlarmPipeline``)."""
+
+    def now(self) -> datetime:
+        """The bot's current time."""
+        ...
+
+    def mute(
+        self,
+        room: str,
+        by: str,
+        appid: str | None,
+        alarm_type: str | None,
+        duration: timedelta,
+    ) -> Silence:
+        """Silence matching alarms in ``room`` for ``duration``."""
+        ...
+
+    def unmute(
+        self, room: str, by: str, appid: str | None, alarm_type: str | None
+    ) -> list[Silence]:
+        """Lift the matching silences (all when both matchers are ``None``)."""
+        ...
+
+    def silences(self, room: str) -> list[Silence]:
+        """The room's active silences."""
+        ...
+
+    def ack(
+        self, room: str, by: str, appid: str, alarm_type: str | None
+    ) -> tuple[Ack, int]:
+        """Record who handles an account; return the ack and its firing groups."""
+        ...
+
+    def stats(
+        self, room: str | None, appid: str | None, since: datetime
+    ) -> tuple[AlarmStats, list[WindowCount]]:
+        """Counts and the window-by-window trend since ``since``."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class CommandContext:
-    """What a handler may use: the knowledge, its renderer and index, the asker."""
+    """What a handler may use: the knowledge, its renderer and index, the asker.
+
+    ``room`` is where the command was typed (``None``: a direct message);
+    ``desk`` is the running bot's alarm history, absent in one-shot tools;
+    ``editor`` changes the knowledge from the chat (absent: read only);
+    ``admins`` are the configured admins, named in refusals.
+    """
 
     knowledge: Knowledge
     renderer: ReplyRenderer
@@ -30,6 +83,11 @@ class CommandContext:
     sender: str
     is_admin: bool
     reload: Callable[[], str]
+    room: str | None = None
+    desk: AlarmDesk | None = None
+    editor: KnowledgeEditor | None = None
+    admins: tuple[str, ...] = ()
+    sender_id: str = ""
 
 
 Handler = Callable[[CommandContext, str], str]
@@ -160,6 +218,177 @@ def reload_command(ctx: CommandContext, argument: str) -> str:
     return ctx.reload()
 
 
+# ------------------------------------------------------- alarm desk handlers
+
+DEFAULT_PERIOD = "24h"
+_ALL = ("all", "全部", "所有")
+
+
+def mute_command(ctx: CommandContext, argument: str) -> str:
+    """Silence alarms by appid, type or both for a while (admins only)."""
+    words = argument.split()
+
+    def reply(error: str | None, word: str = "", silence: Silence | None = None) -> str:
+        return ctx.renderer.render("mute", error=error, argument=word, silence=silence)
+
+    if ctx.desk is None:
+        return ctx.renderer.render("desk_off", command="mute")
+    if ctx.room is None:
+        return reply("room")
+    if len(words) < 2:
+        return reply("usage")
+    duration = parse_duration(words[-1])
+    if duration is None:
+        return reply("duration", words[-1])
+    appid, alarm_type, stray = read_matchers(ctx.knowledge, words[:-1])
+    if stray is not None:
+        return reply("matcher", stray)
+    silence = ctx.desk.mute(ctx.room, ctx.sender, appid, alarm_type, duration)
+    return reply(None, silence=silence)
+
+
+def unmute_command(ctx: CommandContext, argument: str) -> str:
+    """Lift silences early (admins only)."""
+    words = argument.split()
+
+    def reply(error: str | None, removed: list[Silence] | None = None) -> str:
+        return ctx.renderer.render(
+            "unmute", error=error, argument=argument, removed=removed or []
+        )
+
+    if ctx.desk is None:
+        return ctx.renderer.render("desk_off", command="unmute")
+    if ctx.room is None:
+        return reply("room")
+    if not words:
+        return reply("usage")
+    if len(words) == 1 and words[0].lower() in _ALL:
+        return reply(None, ctx.desk.unmute(ctx.room, ctx.sender, None, None))
+    appid, alarm_type, stray = read_matchers(ctx.knowledge, words)
+    if stray is not None:
+        return ctx.renderer.render(
+            "unmute", error="matcher", argument=stray, removed=[]
+        )
+    return reply(None, ctx.desk.unmute(ctx.room, ctx.sender, appid, alarm_type))
+
+
+def silences_command(ctx: CommandContext, argument: str) -> str:
+    """List the room's active silences."""
+    if ctx.desk is None:
+        return ctx.renderer.render("desk_off", command="silences")
+    if ctx.room is None:
+        return ctx.renderer.render("silences", error="room", silences=[])
+    return ctx.renderer.render(
+        "silences", error=None, silences=ctx.desk.silences(ctx.room)
+    )
+
+
+def ack_command(ctx: CommandContext, argument: str) -> str:
+    """Record that the asker handles an account's alarms; stops escalation."""
+    words = argument.split()
+
+    def reply(error: str | None, word: str = "") -> str:
+        return ctx.renderer.render(
+            "ack", error=error, argument=word, ack=None, groups=0
+        )
+
+    if ctx.desk is None:
+        return ctx.renderer.render("desk_off", command="ack")
+    if ctx.room is None:
+        return reply("room")
+    if not words or not is_account(words[0]):
+        return reply("usage")
+    alarm_type = None
+    if len(words) > 1:
+        entry = find_type(ctx.knowledge, " ".join(words[1:]))
+        if entry is None:
+            return reply("matcher", " ".join(words[1:]))
+        alarm_type = entry.id
+    ack, groups = ctx.desk.ack(ctx.room, ctx.sender, account(words[0]), alarm_type)
+    return ctx.renderer.render("ack", error=None, argument="", ack=ack, groups=groups)
+
+
+def stats_command(ctx: CommandContext, argument: str) -> str:
+    """Count alarms by type and account, and show the trend by window."""
+    if ctx.desk is None:
+        return ctx.renderer.render("desk_off", command="stats")
+    appid, period = None, DEFAULT_PERIOD
+    for word in argument.split():
+        if parse_duration(word) is not None:
+            period = word
+        else:
+            appid = account(word)
+    return _render_counts(ctx, "stats", appid, period)
+
+
+def history_command(ctx: CommandContext, argument: str) -> str:
+    """Show one account's alarms window by window."""
+    if ctx.desk is None:
+        return ctx.renderer.render("desk_off", command="history")
+    words = argument.split()
+    if not words or not is_account(words[0]):
+        return ctx.renderer.render(
+            "history",
+            error="usage",
+            stats=None,
+            trend=[],
+            appid=None,
+            period=DEFAULT_PERIOD,
+            window_minutes=DEFAULT_WINDOW_MINUTES,
+        )
+    period = next((w for w in words[1:] if parse_duration(w)), DEFAULT_PERIOD)
+    return _render_counts(ctx, "history", account(words[0]), period)
+
+
+def _render_counts(
+    ctx: CommandContext, template: str, appid: str | None, period: str
+) -> str:
+    desk = ctx.desk
+    if desk is None:  # callers check; this keeps the type checker informed
+        return ctx.renderer.render("desk_off", command=template)
+    since = desk.now() - (parse_duration(period) or timedelta(days=1))
+    stats, trend = desk.stats(ctx.room, appid, since)
+    return ctx.renderer.render(
+        template,
+        error=None,
+        stats=stats,
+        trend=trend,
+        appid=appid,
+        period=period,
+        window_minutes=DEFAULT_WINDOW_MINUTES,
+    )
+
+
+def is_account(word: str) -> bool:
+    """Whether ``word`` names an account: an app id, or a masked one (``wx30***``)."""
+    return word.lower().startswith("wx")
+
+
+def account(word: str) -> str:
+    """The account key the policy groups by: app ids in lower case."""
+    return word.lower() if APPID_RE.fullmatch(word) else word
+
+
+def read_matchers(
+    knowledge: Knowledge, words: list[str]
+) -> tuple[str | None, str | None, str | None]:
+    """Read an appid and/or an alarm type from ``words``.
+
+    Returns:
+        ``(appid, type, stray)``: ``stray`` is the first word that is neither.
+    """
+    appid = alarm_type = None
+    for word in words:
+        entry = find_type(knowledge, word)
+        if entry is not None and alarm_type is None:
+            alarm_type = entry.id
+        elif appid is None and is_account(word):
+            appid = account(word)
+        else:
+            return appid, alarm_type, word
+    return appid, alarm_type, None
+
+
 REGISTRY = CommandRegistry(
     [
         ChatCommand("help", ("帮助", "h", "?", "？"), help_command),
@@ -169,6 +398,14 @@ REGISTRY = CommandRegistry(
         ChatCommand("nginx", (), nginx_command),
         ChatCommand("version", ("版本",), version_command),
         ChatCommand("reload", ("重载",), reload_command, admin=True),
+        ChatCommand("mute", ("静音",), mute_command, admin=True),
+        ChatCommand("unmute", ("取消静音", "解除静音"), unmute_command, admin=True),
+        ChatCommand("silences", ("静音列表",), silences_command),
+        ChatCommand("ack", ("认领",), ack_command),
+        ChatCommand("stats", ("统计",), stats_command),
+        ChatCommand("history", ("历史",), history_command),
+        # NOTE: open to members; kb_command refuses the admin-only subcommands.
+        ChatCommand("kb", ("知识库",), kb_command),
     ]
 )
 

@@ -19,7 +19,8 @@ from bot.commands import REGISTRY, CommandContext, answer
 from bot.diagnosis import Diagnosis, diagnose
 from bot.errors import KnowledgeError
 from bot.kbcheck import load_checked
-from bot.knowledge import Knowledge
+from bot.kbedit import KnowledgeEditor
+from bot.knowledge import Knowledge, paused_gc
 from bot.render import ReplyRenderer
 from bot.search import KnowledgeSearch
 
@@ -53,6 +54,9 @@ class Dispatcher:
         prefixes: the characters that start a command.
         admins: contact ids or names allowed to run admin commands.
         loader: loads the knowledge base again, for ``reload``.
+        editor: changes the knowledge from the chat (``kb set`` …); none: read only.
+        on_reload: told the problems after every reload attempt (none: success);
+            ``bot.watch.ReloadNotifier`` tells the admins, once per problem.
     """
 
     def __init__(
@@ -63,10 +67,15 @@ class Dispatcher:
         prefixes: tuple[str, ...] = ("/", "#"),
         admins: tuple[str, ...] = (),
         loader: Callable[[], Knowledge] | None = None,
+        editor: KnowledgeEditor | None = None,
+        on_reload: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.lang = lang
         self.prefixes = tuple(p for p in prefixes if p)
         self.admins = {a.casefold() for a in admins}
+        self.admin_names = tuple(admins)
+        self.editor = editor
+        self.on_reload = on_reload
         self._loader = loader or (lambda: load_checked(knowledge.root))
         self._lock = threading.Lock()
         self._loaded = self._build(knowledge)
@@ -163,7 +172,9 @@ class Dispatcher:
             )
         if command.admin and not ctx.is_admin:
             logger.info("refused command=%s sender=%s", command.name, incoming.sender)
-            return loaded.renderer.render("denied", command=command.name)
+            return loaded.renderer.render(
+                "denied", command=command.name, admins=list(self.admin_names)
+            )
         logger.debug("command=%s sender=%s", command.name, incoming.sender)
         return command.handler(ctx, invocation.argument)
 
@@ -175,6 +186,10 @@ class Dispatcher:
             sender=incoming.sender,
             is_admin=self.is_admin(incoming),
             reload=self.reload,
+            room=incoming.room,
+            editor=self.editor,
+            admins=self.admin_names,
+            sender_id=incoming.sender_id,
         )
 
     def is_admin(self, incoming: Incoming) -> bool:
@@ -184,22 +199,32 @@ class Dispatcher:
 
     def reload(self) -> str:
         """Load the knowledge base again; keep the old one if the new one fails."""
-        with self._lock:
+        with self._lock, paused_gc():
             try:
                 fresh = self._loader()
             except KnowledgeError as exc:
                 logger.error("reload refused: %d problems", len(exc.problems))
+                self._tell_reload(exc.problems)
                 return self._loaded.renderer.render(
                     "reload_failed", problems=exc.problems
                 )
             self._loaded = self._build(fresh)
         logger.info("knowledge reloaded root=%s", fresh.root)
+        self._tell_reload([])
         return self._loaded.renderer.render(
             "reloaded",
             alarms=len(fresh.alarms),
             faq=len(fresh.faq),
             tables=len(fresh.tables),
         )
+
+    def _tell_reload(self, problems: list[str]) -> None:
+        if self.on_reload is None:
+            return
+        try:
+            self.on_reload(problems)
+        except Exception:  # telling the admins must never break a reload
+            logger.exception("reload listener failed")
 
     def _reply(
         self,

@@ -4,6 +4,7 @@
 
     BotError
      ├── KnowledgeError      the knowledge base failed to load or validate
+     ├── KnowledgeEditError  a change to the knowledge from the chat was refused
      ├── AlarmParseError     reserved: the parser itself never raises
      ├── RenderError         a template failed to render
      ├── SettingsError       a settings file or variable is invalid
@@ -21,6 +22,18 @@ class KnowledgeError(BotError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+class KnowledgeEditError(BotError):
+    """A knowledge change was refused; ``code`` says why, ``details`` the values.
+
+    The reply is rendered from ``knowledge/templates/*/kb_error.j2`` by ``code``.
+    """
+
+    def __init__(self, code: str, **details: object) -> None:
+        self.code = code
+        self.details = details
+        super().__init__(f"{code}: {details}" if details else code)
 
 
 class AlarmParseError(BotError):

@@ -2,20 +2,42 @@
 
 ``load_knowledge`` validates shapes and references; this adds what only
 rendering shows: template syntax, undefined variables, commands with unknown
-placeholders and findings whose wording the detectors cannot fill.
+placeholders, findings whose wording the detectors cannot fill, and replies too
+long for the chat (more messages of ``MESSAGE_LIMIT`` bytes than ``ReplyLimits``
+allows).
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
+
+import yaml
 
 from bot.alarm import PLATFORM_TZ, Alarm
 from bot.diagnosis import Diagnosis, Finding, Target, diagnose
 from bot.errors import KnowledgeError, RenderError
-from bot.knowledge import FINDING_VARIABLES, LANGS, Knowledge, load_knowledge
-from bot.render import ReplyRenderer
+from bot.kbedit import Author, ChangeRecord, Proposal
+from bot.knowledge import (
+    FINDING_VARIABLES,
+    LANGS,
+    AlarmType,
+    FaqEntry,
+    Knowledge,
+    Table,
+    line_of,
+    load_knowledge,
+    paused_gc,
+    table_path,
+)
+from bot.notices import TEMPLATES as NOTICE_TEMPLATES
+from bot.notices import sample_contexts
+from bot.render import MESSAGE_LIMIT, ReplyRenderer, split_message
 
 TEMPLATES = (
     "alarm",
@@ -36,11 +58,45 @@ TEMPLATES = (
     "reload_failed",
     "reloaded",
     "intro",
+    *NOTICE_TEMPLATES,
+    "kb_show",
+    "kb_proposed",
+    "kb_confirmed",
+    "kb_rejected",
+    "kb_undone",
+    "kb_log",
+    "kb_error",
 )
+T = TypeVar("T")
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def check_knowledge(root: Path | None = None) -> tuple[Knowledge | None, list[str]]:
+@dataclass(frozen=True, slots=True)
+class ReplyLimits:
+    """How many chat messages one reply may take.
+
+    Attributes:
+        alarm: the reply to one alarm of a type, with its variants.
+        explain: an ``explain``, FAQ or reference-table reply.
+        message_bytes: the size of one chat message.
+    """
+
+    alarm: int = 2
+    explain: int = 6
+    message_bytes: int = MESSAGE_LIMIT
+
+
+def check_knowledge(
+    root: Path | None = None, limits: ReplyLimits | None = None
+) -> tuple[Knowledge | None, list[str]]:
     """Load ``root`` and render everything in it; return the problems found."""
+    with paused_gc():
+        return _check_knowledge(root, limits or ReplyLimits())
+
+
+def _check_knowledge(
+    root: Path | None, limits: ReplyLimits
+) -> tuple[Knowledge | None, list[str]]:
     try:
         knowledge = load_knowledge(root)
     except KnowledgeError as exc:
@@ -49,29 +105,54 @@ def check_knowledge(root: Path | None = None) -> tuple[Knowledge | None, list[st
     prefix = knowledge.root.name
     for lang in LANGS:
         renderer = ReplyRenderer(knowledge, lang)
-        problems += _check_templates(knowledge, renderer, prefix)
-        problems += _check_alarm_render(knowledge, renderer, prefix)
+        problems += _check_templates(knowledge, renderer, prefix, limits)
+        problems += _check_alarm_render(knowledge, renderer, prefix, limits)
     return knowledge, list(dict.fromkeys(problems))
 
 
 def _attempt(
     problems: list[str],
     where: str,
-    action: Callable[..., object],
+    action: Callable[..., T],
     /,
     *args: object,
     **kwargs: object,
-) -> None:
+) -> T | None:
     try:
-        action(*args, **kwargs)
+        return action(*args, **kwargs)
     except RenderError as exc:
         problems.append(f"{where}: {exc.reason}")
     except Exception as exc:  # a template may raise anything while rendering
         problems.append(f"{where}: {type(exc).__name__}: {exc}")
+    return None
+
+
+def _check_size(
+    problems: list[str],
+    where: str | Callable[[], str],
+    what: str,
+    text: str | None,
+    limit: int,
+    limits: ReplyLimits,
+) -> None:
+    """Flag a reply that takes more than ``limit`` chat messages.
+
+    ``where`` may be a function: finding a line means parsing the file again,
+    which is done only for a reply that is too long.
+    """
+    if text is None or len(text.encode()) <= limit * limits.message_bytes // 2:
+        return  # NOTE: this short always fits, however the lines split
+    messages = split_message(text, limits.message_bytes)
+    if len(messages) > limit:
+        place = where if isinstance(where, str) else where()
+        problems.append(
+            f"{place}: {what} is {len(text.encode())} bytes in {len(messages)} "
+            f"messages of {limits.message_bytes} bytes, over the limit of {limit}"
+        )
 
 
 def _check_templates(
-    knowledge: Knowledge, renderer: ReplyRenderer, prefix: str
+    knowledge: Knowledge, renderer: ReplyRenderer, prefix: str, limits: ReplyLimits
 ) -> list[str]:
     problems: list[str] = []
     lang = renderer.lang
@@ -86,13 +167,15 @@ def _check_templates(
         "no_answer": {"question": "?"},
         "nginx_unknown": {"argument": "?", "table": table},
         "version": {"version": "0"},
-        "denied": {"command": "reload"},
+        "denied": {"command": "reload", "admins": ["alice", "bob"]},
         "unknown_command": {"word": "hlep", "suggestions": ["help"]},
         "error": {},
         "reload_failed": {"problems": ["x"] * 12},
         "reloaded": {"alarms": 1, "faq": 1, "tables": 1},
         "intro": {},
         "explain": {"entry": entry},
+        **sample_contexts(knowledge),
+        **_kb_samples(),
     }
     for name in TEMPLATES:
         where = f"{prefix}/templates/{lang}/{name}.j2"
@@ -100,45 +183,172 @@ def _check_templates(
             problems.append(f"{where}: template missing")
         elif name in samples:
             _attempt(problems, where, renderer.render, name, **samples[name])
+        elif name == "kb_error":
+            for details in KB_ERROR_SAMPLES:
+                _attempt(problems, where, renderer.render, name, **details)
+    units = _Units(knowledge, renderer, limits)
     for alarm in knowledge.alarms.values():
-        where = f"{prefix}/alarms/{alarm.id}.yaml"
-        _attempt(problems, where, renderer.render, "explain", entry=alarm)
-    for faq in knowledge.faq.values():
-        where = f"{prefix}/faq.yaml: {faq.id}"
-        _attempt(problems, where, renderer.render, "faq", entry=faq)
+        problems += units.run(("explain", alarm.id), (alarm,), _check_explain, alarm)
+    for index, faq in enumerate(knowledge.faq.values()):
+        problems += units.run(("faq", faq.id), (faq,), _check_faq, faq, index)
     for table in knowledge.tables.values():
-        where = f"{prefix}/reference/{table.id}.yaml"
-        _attempt(problems, where, renderer.render, "table", table=table, row=None)
-        for row in table.rows:
-            _attempt(problems, where, renderer.render, "table", table=table, row=row)
+        problems += units.run(("table", table.id), (table,), _check_table, table)
     return problems
 
 
-def _check_alarm_render(
-    knowledge: Knowledge, renderer: ReplyRenderer, prefix: str
-) -> list[str]:
-    """Render every type's alarm reply with every finding and variant in it."""
+class _Units:
+    """Runs the render check of one entry, or reuses its last result.
+
+    A result is reused while the entry is the very same object (the loader
+    hands back the same objects for an unchanged file), the templates are the
+    same and so are the limits. NOTE: the explain, FAQ and table templates are
+    assumed to render their own entry only, not others through ``knowledge``.
+    """
+
+    def __init__(
+        self, knowledge: Knowledge, renderer: ReplyRenderer, limits: ReplyLimits
+    ) -> None:
+        self.knowledge = knowledge
+        self.renderer = renderer
+        self.limits = limits
+        self.prefix = knowledge.root.name
+        self.key = (renderer.lang, limits, _digest(knowledge.templates))
+
+    def run(
+        self,
+        key: tuple[object, ...],
+        deps: tuple[object, ...],
+        check: Callable[..., list[str]],
+        *args: object,
+    ) -> list[str]:
+        full = (*self.key, *key)
+        with _RESULTS_LOCK:
+            found = _RESULTS.get(full)
+        if found is not None and _same(found[0], deps):
+            return list(found[1])
+        problems = check(self, *args)
+        with _RESULTS_LOCK:
+            if len(_RESULTS) > 20_000:
+                _RESULTS.clear()
+            _RESULTS[full] = (deps, tuple(problems))
+        return problems
+
+
+# The last render-check result of each entry, and what it depended on.
+_RESULTS: dict[tuple[object, ...], tuple[tuple[object, ...], tuple[str, ...]]] = {}
+_RESULTS_LOCK = threading.Lock()
+
+
+def _same(old: tuple[object, ...], new: tuple[object, ...]) -> bool:
+    return len(old) == len(new) and all(a is b for a, b in zip(old, new, strict=True))
+
+
+@functools.lru_cache(maxsize=16)
+def _digest_of(items: frozenset[tuple[str, str]]) -> int:
+    return hash(items)
+
+
+def _digest(templates: dict[str, str]) -> int:
+    return _digest_of(frozenset(templates.items()))
+
+
+def _check_explain(units: _Units, alarm: AlarmType) -> list[str]:
     problems: list[str] = []
+    where = f"{units.prefix}/alarms/{alarm.id}.yaml"
+    text = _attempt(problems, where, units.renderer.render, "explain", entry=alarm)
+    what = f"explain reply ({units.renderer.lang})"
+    _check_size(problems, where, what, text, units.limits.explain, units.limits)
+    return problems
+
+
+def _check_faq(units: _Units, faq: FaqEntry, index: int) -> list[str]:
+    problems: list[str] = []
+    where = f"{units.prefix}/faq.yaml: {faq.id}"
+    text = _attempt(problems, where, units.renderer.render, "faq", entry=faq)
+    lazy = functools.partial(_faq_where, units.knowledge, index)
+    what = f"faq reply ({units.renderer.lang})"
+    _check_size(problems, lazy, what, text, units.limits.explain, units.limits)
+    return problems
+
+
+def _check_table(units: _Units, table: Table) -> list[str]:
+    problems: list[str] = []
+    render = units.renderer.render
+    where = f"{units.prefix}/reference/{table.id}.yaml"
+    text = _attempt(problems, where, render, "table", table=table, row=None)
+    # NOTE: the whole table renders every row's fields; one row of each shape
+    # is enough for the template's one-row branch.
+    commands = [r for r in table.rows[1:] if r.command]
+    for row in [table.rows[0], *commands[:1]]:
+        _attempt(problems, where, render, "table", table=table, row=row)
+    lazy = functools.partial(_table_where, units.knowledge, table.id)
+    what = f"table reply ({units.renderer.lang})"
+    _check_size(problems, lazy, what, text, units.limits.explain, units.limits)
+    return problems
+
+
+def _table_where(knowledge: Knowledge, table_id: str) -> str:
+    return _where(knowledge, table_path(knowledge.root, table_id))
+
+
+def _where(knowledge: Knowledge, path: Path) -> str:
+    return str(Path(knowledge.root.name) / path.relative_to(knowledge.root))
+
+
+def _faq_where(knowledge: Knowledge, index: int) -> str:
+    """``knowledge/faq.yaml:LINE: faq[INDEX]``; parsed again only when asked."""
+    path = knowledge.root / "faq.yaml"
+    node = yaml.compose(path.read_text(encoding="utf-8"), Loader=_Loader)
+    line = line_of(node, ("faq", index))
+    return f"{_where(knowledge, path)}:{line}: faq[{index}]"
+
+
+def _check_alarm_render(
+    knowledge: Knowledge, renderer: ReplyRenderer, prefix: str, limits: ReplyLimits
+) -> list[str]:
+    """Render every type's alarm reply with every finding and variant in it.
+
+    The size is checked on a sample alarm of the type with its own findings and
+    every variant: all findings at once make a render test, not a real reply.
+    """
+    problems: list[str] = []
+    units = _Units(knowledge, renderer, limits)
+    # An alarm reply also shows the findings' wording and event names from the
+    # reference tables; the unknown type's reply names the nearest other types.
+    shared = (*knowledge.findings.values(), *knowledge.tables.values())
+    for alarm_type, entry in knowledge.alarms.items():
+        others = tuple(knowledge.alarms.values()) if alarm_type == "unknown" else ()
+        deps = (entry, *shared, *others)
+        problems += units.run(("alarm", alarm_type), deps, _check_alarm, entry)
+    return problems
+
+
+def _check_alarm(units: _Units, entry: AlarmType) -> list[str]:
+    problems: list[str] = []
+    knowledge, renderer, limits = units.knowledge, units.renderer, units.limits
     findings = tuple(
         Finding(fid, {name: "x" for name in FINDING_VARIABLES[fid]})
         for fid in knowledge.findings
     )
     target = Target(domain="example.com", ip="192.0.2.1", url="http://example.com/wx")
-    for alarm_type, entry in knowledge.alarms.items():
-        alarm = sample_alarm(alarm_type, entry.examples[0] if entry.examples else None)
-        base = diagnose(alarm, knowledge)
-        diagnosis = Diagnosis(
-            alarm=alarm,
-            entry=entry,
-            findings=findings,
-            steps=base.steps,
-            variants=tuple(entry.variants),
-            target=target,
-            event="subscribe",
-            escalate=base.escalate,
-        )
-        where = f"{prefix}/alarms/{alarm_type}.yaml"
-        _attempt(problems, where, renderer.alarm_reply, [diagnosis, diagnosis])
+    alarm = sample_alarm(entry.id, entry.examples[0] if entry.examples else None)
+    base = diagnose(alarm, knowledge)
+    diagnosis = Diagnosis(
+        alarm=alarm,
+        entry=entry,
+        findings=findings,
+        steps=base.steps,
+        variants=tuple(entry.variants),
+        target=target,
+        event="subscribe",
+        escalate=base.escalate,
+    )
+    where = f"{units.prefix}/alarms/{entry.id}.yaml"
+    _attempt(problems, where, renderer.alarm_reply, [diagnosis])
+    sample = replace(base, variants=tuple(entry.variants), target=target)
+    text = _attempt(problems, where, renderer.alarm_reply, [sample])
+    what = f"alarm reply ({renderer.lang})"
+    _check_size(problems, where, what, text, limits.alarm, limits)
     return problems
 
 
@@ -159,13 +369,89 @@ def sample_alarm(alarm_type: str, content: str | None = None) -> Alarm:
     )
 
 
-def load_checked(root: Path | None = None) -> Knowledge:
+def load_checked(
+    root: Path | None = None, limits: ReplyLimits | None = None
+) -> Knowledge:
     """Load ``root`` and render everything; the loader the bot starts and reloads with.
 
     Raises:
         KnowledgeError: listing every problem, as ``alarm-bot kb check`` prints them.
     """
-    knowledge, problems = check_knowledge(root)
+    knowledge, problems = check_knowledge(root, limits)
     if problems or knowledge is None:
         raise KnowledgeError(problems)
     return knowledge
+
+
+# ------------------------------------------------- samples for kb_* replies
+
+_AT = datetime(2014, 12, 1, 20, 12, tzinfo=PLATFORM_TZ)
+KB_ERROR_SAMPLES: tuple[dict[str, object], ...] = tuple(
+    {"code": code, "details": details}
+    for code, details in (
+        ("usage", {}),
+        ("not_enabled", {}),
+        ("unknown_entry", {"entry_id": "faq_x", "suggestions": ["faq_y"]}),
+        ("unknown_entry", {"entry_id": "faq_x", "suggestions": []}),
+        ("unknown_kind", {"entry_id": "x"}),
+        ("bad_id", {"entry_id": "../x"}),
+        ("no_yaml", {"entry_id": "x"}),
+        ("bad_yaml", {"line": 3, "problem": "found a tab"}),
+        ("bad_yaml", {"line": None, "problem": "found a tab"}),
+        ("not_mapping", {"entry_id": "x"}),
+        ("id_mismatch", {"entry_id": "x", "got": "y"}),
+        ("id_mismatch", {"entry_id": "x", "got": None}),
+        ("no_change", {"entry_id": "x"}),
+        ("invalid", {"problems": ["knowledge/faq.yaml:3: faq[0].id: bad"] * 12}),
+        ("unknown_change", {"change_id": "ab12"}),
+        ("stale", {"change_id": "ab12", "path": "faq.yaml"}),
+        ("nothing_to_undo", {}),
+        ("edited_since", {"change_id": "ab12", "path": "faq.yaml"}),
+        ("layout", {}),
+    )
+)
+
+
+def _kb_samples() -> dict[str, dict[str, object]]:
+    """Contexts for the ``kb`` command's replies."""
+    proposal = Proposal(
+        change_id="ab12",
+        entry_id="alarm_setup",
+        kind="faq",
+        path="faq.yaml",
+        base_text="a\n",
+        new_text="b\n",
+        author=Author("alice", "wxid_alice", "ops"),
+        created_at=_AT,
+        is_suggestion=True,
+        is_new=False,
+        diff=("@@ -1 +1 @@", "-a", "+b"),
+        diff_more=3,
+    )
+    record = ChangeRecord(
+        change_id="ab12",
+        action="set",
+        entry_id="alarm_setup",
+        path="faq.yaml",
+        author="alice",
+        confirmed_by="bob",
+        at=_AT,
+        root="knowledge",
+        is_suggestion=True,
+        commit="1a2b3c4",
+    )
+    undo = replace(
+        record, change_id="cd34", action="undo", author="bob", reverts="ab12"
+    )
+    return {
+        "kb_show": {
+            "entry_id": "markfail",
+            "path": "alarms/markfail.yaml",
+            "text": "x",
+        },
+        "kb_proposed": {"proposal": proposal},
+        "kb_confirmed": {"record": record, "reload": "ok"},
+        "kb_rejected": {"proposal": proposal, "by": "bob"},
+        "kb_undone": {"record": undo, "reload": "ok"},
+        "kb_log": {"changes": [record, undo], "pending": [proposal]},
+    }

@@ -8,6 +8,7 @@ bonus when one of its names, aliases or keywords appears in the question whole.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
@@ -59,6 +60,12 @@ class _Doc:
 
 def terms(text: str) -> list[str]:
     """Cut ``text`` into search terms: ASCII words and Chinese bigrams."""
+    return list(_terms(text))
+
+
+# NOTE: a reload indexes the same texts again; cutting them was most of its time.
+@functools.lru_cache(maxsize=65536)
+def _terms(text: str) -> tuple[str, ...]:
     folded = unicodedata.normalize("NFKC", text).casefold()
     out: list[str] = []
     for word in _WORD_RE.findall(folded):
@@ -75,7 +82,7 @@ def terms(text: str) -> list[str]:
                 for i in range(len(word) - 1)
                 if word[i : i + 2] not in _STOP_BIGRAMS
             )
-    return [t for t in out if t]
+    return tuple(t for t in out if t)
 
 
 class KnowledgeSearch:

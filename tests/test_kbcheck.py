@@ -25,6 +25,13 @@ def broken_copy(spec_path: Path, tmp_path: Path) -> tuple[Path, str]:
     target = root / spec["target"]
     if spec.get("delete"):
         target.unlink()
+    elif spec.get("append"):
+        # {line}: the last appended line; {index}: the appended list item.
+        before = target.read_text(encoding="utf-8").rstrip("\n") + "\n"
+        items = len(next(iter(yaml.safe_load(before).values())))
+        target.write_text(before + spec["content"], encoding="utf-8")
+        line = before.count("\n") + spec["content"].rstrip("\n").count("\n") + 1
+        return root, spec["expected"].format(line=line, index=items)
     else:
         target.write_text(spec["content"], encoding="utf-8")
     return root, spec["expected"]
@@ -78,3 +85,51 @@ def test_every_alarm_type_faq_and_table_is_reachable_by_ask(
     for table in knowledge.tables.values():
         hits = search.search(table.title.zh)
         assert table.id in [h.id for h in hits[:3]], table.id
+
+
+def test_kb_check_limits_are_options() -> None:
+    result = CliRunner().invoke(cli, ["kb", "check", "--alarm-messages", "1"])
+    assert result.exit_code == 1
+    assert (
+        "knowledge/alarms/connect_timeout.yaml: alarm reply (zh) is " in result.output
+    )
+    assert "over the limit of 1" in result.output
+
+
+def test_kb_preview_renders_a_built_in_example_of_the_type() -> None:
+    result = CliRunner().invoke(cli, ["kb", "preview", "markfail"])
+    assert result.exit_code == 0, result.output
+    assert "【MarkFail（自动屏蔽）】wx0123456789abcdef「示例公众号」" in result.output
+    assert "message(s)" in result.output
+
+
+def test_kb_preview_renders_the_alarm_text_given_on_stdin() -> None:
+    from .test_alarm import VARIANTS
+
+    text = VARIANTS[0]["alarm_text"]
+    result = CliRunner().invoke(
+        cli, ["kb", "preview", "request_timeout", "-", "--lang", "en"], input=text
+    )
+    assert result.exit_code == 0, result.output
+    assert "Request timeout" in result.output
+    assert "1,272" in result.output
+
+
+def test_kb_preview_shows_an_over_long_reply_with_the_problem(
+    tmp_path: Path,
+) -> None:
+    root, expected = broken_copy(
+        DATA / "knowledge" / "bad-long-alarm-reply.yaml", tmp_path
+    )
+    result = CliRunner().invoke(
+        cli, ["kb", "preview", "dns_timeout", "--knowledge", str(root)]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"warning: {expected}" in result.output
+    assert "--- message 4/4 ---" in result.output
+
+
+def test_kb_preview_refuses_an_unknown_type() -> None:
+    result = CliRunner().invoke(cli, ["kb", "preview", "timeout"])
+    assert result.exit_code == 2
+    assert "'timeout' is not an alarm type" in result.output
