@@ -46,7 +46,8 @@ _LABEL_RE = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 _QUOTE_RE = re.compile(r"^[ \t]*(?:>[ \t]?)+", re.MULTILINE)
-_INVISIBLE = str.maketrans({"\u200b": "", "\ufeff": "", "\u2005": " ", "\xa0": " "})
+# Zero-width characters vanish; WeChat's mention space and NBSP become spaces.
+_INVISIBLE = (("\u200b", ""), ("\ufeff", ""), ("\u2005", " "), ("\xa0", " "))
 _TIME_RE = re.compile(
     r"(?P<y>\d{4})[-/.年](?P<mo>\d{1,2})[-/.月](?P<d>\d{1,2})日?"
     r"[ T\t]*(?P<h>\d{1,2})[:：时](?P<mi>\d{1,2})(?:[:：分](?P<s>\d{1,2}))?"
@@ -178,7 +179,10 @@ def parse(text: str, classifier: Classifier) -> list[Alarm]:
 
 def clean(text: str) -> str:
     """Normalise line ends, invisible characters and ``> `` quoting."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_INVISIBLE)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    for char, replacement in _INVISIBLE:
+        if char in text:
+            text = text.replace(char, replacement)
     return _QUOTE_RE.sub("", text) if ">" in text else text
 
 

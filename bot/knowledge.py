@@ -722,9 +722,21 @@ class TypeMatcher:
         self._third_party = {
             a.id for a in alarms.values() if a.category == "third_party"
         }
+        # The platform words its alarms in a handful of sentences, so a storm
+        # repeats the same few contents: remember each verdict (bounded).
+        self._seen: dict[str, Classification] = {}
 
     def classify(self, content: str) -> Classification:
         """Return the best type for ``content``, or ``unknown`` with the nearest."""
+        verdict = self._seen.get(content)
+        if verdict is None:
+            verdict = self._classify(content)
+            if len(self._seen) >= 2048:
+                self._seen.clear()
+            self._seen[content] = verdict
+        return verdict
+
+    def _classify(self, content: str) -> Classification:
         text = normalize(content)
         best, score = "unknown", 0
         for alarm_type, group in self._groups:

@@ -66,3 +66,28 @@ def test_every_case_renders_a_reply(
 def test_missing_template_raises_render_error(knowledge: Knowledge) -> None:
     with pytest.raises(RenderError, match="no-such-template"):
         ReplyRenderer(knowledge).render("no-such-template")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ alarm.__class__.__mro__ }}",
+        "{{ alarm.get.__globals__ }}",
+        "{{ entry.names.__class__ }}",
+        "{{ steps.__class__ }}",
+    ],
+)
+def test_sandbox_still_guards_the_fast_path(source: str, knowledge: Knowledge) -> None:
+    from bot.kbcheck import sample_alarm
+
+    renderer = ReplyRenderer(knowledge)
+    alarm = sample_alarm("markfail")
+    context = {"alarm": alarm, "entry": knowledge.alarms["markfail"], "steps": {"a": 1}}
+    with pytest.raises(RenderError):
+        renderer.render_text(source, **context)
+
+
+def test_fast_path_reads_dict_keys_and_methods(knowledge: Knowledge) -> None:
+    renderer = ReplyRenderer(knowledge)
+    assert renderer.render_text("{{ d.a }}", d={"a": 1}) == "1"
+    assert renderer.render_text("{{ d.items() | list }}", d={"a": 1}) == "[('a', 1)]"
