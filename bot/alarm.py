@@ -59,6 +59,7 @@ _WINDOW_RE = re.compile(
 _COUNT_RE = re.compile(r"(?P<n>\d[\d,，]*)\s*次")
 _NUMBER_RE = re.compile(r"^\s*(?P<n>\d[\d,，]*)\s*$")
 _MAX_KEY = 40
+_QUOTE_CLOSERS = "」』”"
 _PAY_KEYS = ("transaction_id", "out_trade_no")
 _THIRD_PARTY_KEYS = ("第三方平台", "outerip")
 
@@ -141,7 +142,8 @@ class Alarm:
             "time": self.time.isoformat() if self.time else None,
             "count": self.count,
             "window_minutes": self.window_minutes,
-            "sample": dict(self.sample),
+            # A flag group ("[decrypt fail]") is a group of the sample without value.
+            "sample": {**self.sample, **dict.fromkeys(self.flags, "")},
             "third_party": self.third_party,
             "pay_notify": self.pay_notify,
         }
@@ -417,6 +419,9 @@ def _find_close(text: str, pos: int, size: int) -> int | None:
         if close < 0:
             return None
         after = _skip_blank(text, close + 1, size, newlines=False)
+        # WeChat's quote of a message ends it with 」: "「Alice：…[Event=Click]」".
+        while after < size and text[after] in _QUOTE_CLOSERS:
+            after = _skip_blank(text, after + 1, size, newlines=False)
         if after >= size or text[after] in "\n[" or _LABEL_RE.match(text, after):
             return close
         pos = close + 1

@@ -6,18 +6,19 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
 from bot import __version__
-from bot.channels.console import run_console
 from bot.dispatch import Dispatcher
 from bot.errors import KnowledgeError
 from bot.kbcheck import check_knowledge, load_checked
 from bot.knowledge import Knowledge
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def cli() -> None:
 CONNECT_HINT = (
     "No Wechaty gateway configured, so the bot runs here in the console. To serve a "
     "WeChat group, set WECHATY_PUPPET_SERVICE_ENDPOINT (host:port of a Wechaty "
-    "gateway) and WECHATY_PUPPET_SERVICE_TOKEN; see docs/connect-wechat.md."
+    "gateway) and WECHATY_PUPPET_SERVICE_TOKEN; see 'Connect to WeChat' in README.md."
 )
 
 
@@ -58,74 +59,89 @@ CONNECT_HINT = (
     envvar="ALARM_BOT_CONFIG",
     help="YAML settings file; ALARM_BOT_* variables override it.",
 )
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="SQLite history to keep (default: the db_path setting, else "
+    "alarm-bot/alarm-bot.db in $XDG_DATA_HOME or ~/.local/share; "
+    ":memory: keeps none).",
+)
+@click.option(
+    "--http",
+    "http_listen",
+    metavar="HOST:PORT",
+    default=None,
+    help="Serve /healthz and /metrics here (default: the http_listen setting).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every step (DEBUG).")
-def run(config_path: Path | None, verbose: bool) -> None:
+def run(
+    config_path: Path | None,
+    db_path: Path | None,
+    http_listen: str | None,
+    verbose: bool,
+) -> None:
     """Start the bot: in WeChat through a Wechaty gateway, else in the console."""
     from bot.errors import GatewayError, SettingsError
+    from bot.pipeline import chat_in_console, serve_in_wechat
     from bot.settings import load_settings
 
     logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
     try:
-        settings = load_settings(config_path)
+        settings = _run_settings(load_settings(config_path), db_path, http_listen)
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
-    from bot.kbedit import editor_for, reload_loader
-    from bot.watch import live_reload
-
     knowledge = _knowledge(settings.knowledge_dir)
-    dispatcher = Dispatcher(
-        knowledge,
-        lang=settings.lang,
-        prefixes=tuple(settings.command_prefixes),
-        admins=tuple(settings.admins),
-        loader=reload_loader(knowledge.root, settings),
-        editor=editor_for(knowledge.root, settings),
-    )
-    if not settings.has_gateway:
-        click.echo(CONNECT_HINT, err=True)
-        console = run_console(dispatcher.dispatch)
-        asyncio.run(
-            live_reload(
-                dispatcher,
-                console,
-                on_reload_failed=_tell_console(dispatcher),
-                watch=settings.knowledge_watch,
-            )
-        )
-        return
-
-    from bot.channels.wechaty import serve  # imports wechaty, which takes a second
-
     try:
-        # NOTE: serve() keeps its channel, so a failed reload is only logged
-        # here; pass on_reload_failed to live_reload once it can DM the admins.
-        wechat = serve(
-            dispatcher.dispatch,
-            settings,
-            introduction=lambda: dispatcher.renderer.render("intro"),
-        )
-        asyncio.run(live_reload(dispatcher, wechat, watch=settings.knowledge_watch))
+        if settings.has_gateway:
+            asyncio.run(serve_in_wechat(knowledge, settings))
+        else:
+            click.echo(CONNECT_HINT, err=True)
+            asyncio.run(chat_in_console(knowledge, settings, sender="you", banner=None))
     except GatewayError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # e.g. the --http port is taken, the --db unwritable
         raise click.ClickException(str(exc)) from None
 
 
-def _tell_console(dispatcher: Dispatcher) -> Callable[[list[str]], Awaitable[None]]:
-    """Print a failed reload's problems in the console, as an admin would see it."""
-    from bot.channels.base import Reply
-    from bot.channels.console import ConsoleChannel
+def _run_settings(
+    settings: Settings, db_path: Path | None, http_listen: str | None
+) -> Settings:
+    """The settings with ``run``'s options applied and the history placed.
 
-    async def tell(problems: list[str]) -> None:
-        text = dispatcher.renderer.render("reload_failed", problems=problems)
-        await ConsoleChannel().say(Reply(room=None, text=text, kind="notice"))
+    Raises:
+        SettingsError: ``--http`` is not ``host:port``.
+    """
+    from pydantic import ValidationError
 
-    return tell
+    from bot.errors import SettingsError
+    from bot.settings import Settings
+    from bot.store import MEMORY, default_db_path
+
+    path = db_path or settings.db_path or default_db_path()
+    values = settings.model_dump() | {
+        # NOTE: no path keeps the history in memory (and kb-history in the
+        # user's data directory, not beside ":memory:" in the working directory)
+        "db_path": None if str(path) == MEMORY else path,
+        "http_listen": settings.http_listen if http_listen is None else http_listen,
+    }
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        message = exc.errors(include_url=False)[0]["msg"]
+        raise SettingsError(
+            f"--http: {message.removeprefix('Value error, ')}, got {http_listen!r}"
+        ) from None
 
 
 def _lang(value: str | None) -> str:
     import os
 
-    chosen = value or os.environ.get("ALARM_BOT_LANG", "zh")
-    return chosen if chosen in ("zh", "en") else "zh"
+    chosen = value or os.environ.get("ALARM_BOT_LANG", "").strip() or "zh"
+    if chosen not in ("zh", "en"):
+        raise click.ClickException(f"ALARM_BOT_LANG: {chosen!r} is not zh or en")
+    return chosen
 
 
 def _knowledge(directory: Path | None) -> Knowledge:
@@ -211,7 +227,10 @@ def kb() -> None:
 
 @kb.command("check")
 @click.argument(
-    "directory", required=False, type=click.Path(file_okay=False, path_type=Path)
+    "directory",
+    required=False,
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="ALARM_BOT_KNOWLEDGE_DIR",
 )
 @click.option(
     "--alarm-messages",

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from bot import __version__
-from bot.alarm import APPID_RE
+from bot.alarm import APPID_RE, parse
+from bot.channels.base import Reply
+from bot.diagnosis import diagnose
 from bot.kbedit import KnowledgeEditor, kb_command
-from bot.knowledge import ALARM_TYPES, AlarmType, Knowledge, normalize
+from bot.knowledge import ALARM_TYPES, AlarmType, Knowledge, Row, Table, normalize
 from bot.policy import DEFAULT_WINDOW_MINUTES, Ack, Silence, parse_duration
 from bot.render import ReplyRenderer
 from bot.search import KnowledgeSearch, Match
@@ -67,6 +70,38 @@ class AlarmDesk(Protocol):
         ...
 
 
+Work = Callable[[], Awaitable[str]]
+"""A command's slow part: it waits on the network or the host, then says a text."""
+
+
+class CommandWorker(Protocol):
+    """What ``probe`` and ``host`` need from the running bot.
+
+    ``bot.autoprobe.ProbeWorker`` is the one; one-shot tools have none.
+    """
+
+    @property
+    def appids(self) -> tuple[str, ...]:
+        """The appids whose callback URL is configured, sorted."""
+        ...
+
+    def acquire(self, appid: str) -> float:
+        """Take a probe slot for ``appid``: 0.0, or the seconds until one frees."""
+        ...
+
+    async def probe_report(self, appid: str, renderer: ReplyRenderer) -> str:
+        """Probe ``appid``'s configured URL and render the verdict."""
+        ...
+
+    async def host_report(self, renderer: ReplyRenderer) -> str:
+        """Read this host's state and render it."""
+        ...
+
+    def later(self, work: Work, reply: Reply) -> None:
+        """Run ``work`` off the dispatcher and post its text as ``reply``."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class CommandContext:
     """What a handler may use: the knowledge, its renderer and index, the asker.
@@ -74,7 +109,10 @@ class CommandContext:
     ``room`` is where the command was typed (``None``: a direct message);
     ``desk`` is the running bot's alarm history, absent in one-shot tools;
     ``editor`` changes the knowledge from the chat (absent: read only);
-    ``admins`` are the configured admins, named in refusals.
+    ``admins`` are the configured admins, named in refusals;
+    ``worker`` runs the commands that wait on the network or the host, and
+    ``later`` hands it this message's slow part: a handler that calls it
+    returns ``""`` and the reply follows when the work is done.
     """
 
     knowledge: Knowledge
@@ -88,6 +126,8 @@ class CommandContext:
     editor: KnowledgeEditor | None = None
     admins: tuple[str, ...] = ()
     sender_id: str = ""
+    worker: CommandWorker | None = None
+    later: Callable[[Work], None] | None = None
 
 
 Handler = Callable[[CommandContext, str], str]
@@ -197,15 +237,34 @@ def nginx_command(ctx: CommandContext, argument: str) -> str:
     """Explain an nginx upstream status or error-log string."""
     if not argument:
         return ctx.renderer.render("usage", command="nginx")
-    wanted = normalize(argument)
-    for table_id in ("nginx_status", "nginx_errors"):
-        table = ctx.knowledge.table(table_id)
-        for row in table.rows if table else []:
-            names = {normalize(row.key), *(normalize(a) for a in row.aliases)}
-            if wanted in names or (len(wanted) > 5 and any(wanted in n for n in names)):
-                return ctx.renderer.render("table", table=table, row=row)
-    table = ctx.knowledge.table("nginx_status")
-    return ctx.renderer.render("nginx_unknown", argument=argument, table=table)
+    found = find_nginx_row(ctx.knowledge, argument)
+    if found is not None:
+        return ctx.renderer.render("table", table=found[0], row=found[1])
+    statuses = ctx.knowledge.table("nginx_status")
+    return ctx.renderer.render("nginx_unknown", argument=argument, table=statuses)
+
+
+def find_nginx_row(knowledge: Knowledge, words: str) -> tuple[Table, Row] | None:
+    """The nginx status or error-log row ``words`` names ("499 是什么", "HTTP 502")."""
+    wanted = normalize(words)
+    rows = [
+        (table, row, {normalize(n) for n in (row.key, *row.aliases)} - {""})
+        for table_id in ("nginx_status", "nginx_errors")
+        if (table := knowledge.table(table_id)) is not None
+        for row in table.rows
+    ]
+    for table, row, names in rows:
+        if wanted in names:
+            return table, row
+    # Else the longest row name inside the words, so "499 是什么" finds 499 and
+    # "upstream timed out (110)" finds its log string.
+    inside = [
+        (len(n), table, row) for table, row, names in rows for n in names if n in wanted
+    ]
+    if inside:
+        _, table, row = max(inside, key=lambda item: item[0])
+        return table, row
+    return None
 
 
 def version_command(ctx: CommandContext, argument: str) -> str:
@@ -359,6 +418,61 @@ def _render_counts(
     )
 
 
+# ------------------------------------------------------ probe and host handlers
+
+
+def probe_command(ctx: CommandContext, argument: str) -> str:
+    """Push a harmless event to an account's callback URL (admins only).
+
+    Only URLs from the settings are probed: a URL typed in the chat is refused,
+    so the bot cannot be pointed at arbitrary hosts.
+    """
+    worker, later = ctx.worker, ctx.later
+    if worker is None or later is None:
+        return ctx.renderer.render("desk_off", command="probe")
+    words = argument.split()
+    appids = list(worker.appids)
+
+    def refuse(error: str, wait_s: int = 0) -> str:
+        return ctx.renderer.render(
+            "probe_refused",
+            error=error,
+            appid=words[0] if words else "",
+            appids=appids,
+            wait_s=wait_s,
+            reason="",
+        )
+
+    if any(_looks_like_url(word) for word in words):
+        return refuse("url")
+    if len(words) != 1:
+        return refuse("usage")
+    appid = account(words[0])
+    if appid not in appids:
+        return refuse("unknown")
+    wait = worker.acquire(appid)
+    if wait > 0:
+        logger.info("probe rate-limited appid=%s wait_s=%.0f", appid, wait)
+        return refuse("rate", math.ceil(wait))
+    renderer = ctx.renderer
+    later(lambda: worker.probe_report(appid, renderer))
+    return ""
+
+
+def host_command(ctx: CommandContext, argument: str) -> str:
+    """Show this host's load, memory, open files and TCP states (admins only)."""
+    worker, later = ctx.worker, ctx.later
+    if worker is None or later is None:
+        return ctx.renderer.render("desk_off", command="host")
+    renderer = ctx.renderer
+    later(lambda: worker.host_report(renderer))
+    return ""
+
+
+def _looks_like_url(word: str) -> bool:
+    return any(char in word for char in "/:.")
+
+
 def is_account(word: str) -> bool:
     """Whether ``word`` names an account: an app id, or a masked one (``wx30***``)."""
     return word.lower().startswith("wx")
@@ -404,6 +518,8 @@ REGISTRY = CommandRegistry(
         ChatCommand("ack", ("认领",), ack_command),
         ChatCommand("stats", ("统计",), stats_command),
         ChatCommand("history", ("历史",), history_command),
+        ChatCommand("probe", ("探测", "拨测"), probe_command, admin=True),
+        ChatCommand("host", ("主机",), host_command, admin=True),
         # NOTE: open to members; kb_command refuses the admin-only subcommands.
         ChatCommand("kb", ("知识库",), kb_command),
     ]
@@ -424,7 +540,14 @@ def find_type(knowledge: Knowledge, words: str) -> AlarmType | None:
 
 
 def answer(ctx: CommandContext, question: str) -> str:
-    """Render the best knowledge-base answer to ``question``."""
+    """Render the best knowledge-base answer to ``question``.
+
+    A question that carries an alarm ("帮我看下" + the alarm) gets the alarm's
+    diagnosis: that is what the asker wants.
+    """
+    alarms = parse(question, ctx.knowledge.matcher)
+    if alarms:
+        return ctx.renderer.alarm_reply([diagnose(a, ctx.knowledge) for a in alarms])
     matches = ctx.search.search(question)
     if not matches:
         return ctx.renderer.render("no_answer", question=question)

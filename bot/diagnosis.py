@@ -32,12 +32,22 @@ class Finding:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where the failing pushes went, for the runbook's commands."""
+    """Where the failing pushes went, for the runbook's commands.
+
+    Every field is checked to be what it claims (a host name, an address, a URL
+    without quotes, digits) because the runbook pastes them into shell commands
+    that people copy: a crafted alarm must not turn a step into ``dig a.com;rm``.
+    ``shown_url`` and ``shown_ip`` keep what the alarm wrote, for display only.
+    """
 
     domain: str | None = None
     ip: str | None = None
     url: str | None = None
     port: int | None = None
+    stamp: str | None = None
+    openid: str | None = None
+    shown_url: str | None = None
+    shown_ip: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,18 +114,51 @@ def conditions(alarm: Alarm) -> set[str]:
     return holding
 
 
+_HOST_RE = re.compile(
+    r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+)
+_URL_RE = re.compile(
+    r"^https?://[A-Za-z0-9.-]+(?::\d{1,5})?(?:[/?#][\w.~!$&()*+,;=:@%/?#\[\]-]*)?$"
+)
+_OPENID_RE = re.compile(r"^[A-Za-z0-9_-]{10,64}$")
+
+
 def find_target(alarm: Alarm) -> Target:
-    """Read the callback URL, its domain and port, and the server IP."""
-    url = alarm.get("3rdUrl") or None
+    """Read the callback URL, its domain and port, the server IP, Stamp and OpenID."""
+    raw_url = (alarm.get("3rdUrl") or "").strip() or None
+    url = (
+        raw_url if raw_url and len(raw_url) <= 512 and _URL_RE.match(raw_url) else None
+    )
     domain = port = None
-    if url and "://" in url:
+    if url:
+        parts = urlsplit(url)
         try:
-            parts = urlsplit(url.strip())
-            domain, port = parts.hostname, parts.port
+            port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
-            domain = None
-    ip = (alarm.get("ip") or "").strip() or None
-    return Target(domain=domain, ip=ip, url=url, port=port)
+            port, url = None, None
+        host = parts.hostname or ""
+        domain = host if _HOST_RE.match(host) else None
+    raw_ip = (alarm.get("ip") or "").strip() or None
+    ip = _valid_ip(raw_ip or "")
+    stamp = (alarm.get("Stamp") or "").strip()
+    openid = (alarm.get("OpenID") or "").strip()
+    return Target(
+        domain=domain,
+        ip=ip,
+        url=url,
+        port=port,
+        stamp=stamp if stamp.isdigit() and len(stamp) <= 13 else None,
+        openid=openid if _OPENID_RE.match(openid) else None,
+        shown_url=raw_url,
+        shown_ip=raw_ip,
+    )
+
+
+def _valid_ip(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text)) if text else None
+    except ValueError:
+        return None
 
 
 def event_name(alarm: Alarm, knowledge: Knowledge) -> str | None:

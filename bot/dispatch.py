@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot.alarm import Alarm, parse
 from bot.channels.base import Incoming, Reply
-from bot.commands import REGISTRY, CommandContext, answer
+from bot.commands import REGISTRY, CommandContext, CommandWorker, Work, answer
 from bot.diagnosis import Diagnosis, diagnose
 from bot.errors import KnowledgeError
 from bot.kbcheck import load_checked
@@ -57,7 +58,14 @@ class Dispatcher:
         editor: changes the knowledge from the chat (``kb set`` …); none: read only.
         on_reload: told the problems after every reload attempt (none: success);
             ``bot.watch.ReloadNotifier`` tells the admins, once per problem.
+
+    Attributes:
+        worker: runs the commands that wait on I/O (``probe``, ``host``); the
+            running bot sets it, and without one those commands say they
+            need it.
     """
+
+    worker: CommandWorker | None = None
 
     def __init__(
         self,
@@ -113,14 +121,17 @@ class Dispatcher:
 
     def _route(self, incoming: Incoming, loaded: _Loaded) -> list[Reply]:
         text = incoming.text.strip()
-        if not text:
-            return []
         addressed = incoming.mentions_bot or incoming.room is None
+        if not text and not incoming.mentions_bot:
+            return []
+        if not text:
+            # "@bot" and nothing else: show what the bot can do.
+            return [self._reply(incoming, self._command(incoming, "help", loaded))]
         command_line = self._command_line(text, addressed)
         if command_line is not None:
-            return [
-                self._reply(incoming, self._command(incoming, command_line, loaded))
-            ]
+            said = self._command(incoming, command_line, loaded)
+            # NOTE: no text means the handler handed its reply to the worker.
+            return [self._reply(incoming, said)] if said else []
 
         result = self.diagnose_text(text, loaded)
         if result.alarms:
@@ -154,9 +165,13 @@ class Dispatcher:
         return AlarmResult(alarms, diagnoses, reply)
 
     def _command_line(self, text: str, addressed: bool) -> str | None:
+        # NOTE: Chinese input methods type the full-width ／ and ＃.
+        first = unicodedata.normalize("NFKC", text[:1])
         for prefix in self.prefixes:
             if text.startswith(prefix):
                 return text[len(prefix) :]
+            if len(prefix) == 1 and first == prefix:
+                return text[1:]
         if addressed and REGISTRY.is_command_word(text):
             return text
         return None
@@ -190,7 +205,16 @@ class Dispatcher:
             editor=self.editor,
             admins=self.admin_names,
             sender_id=incoming.sender_id,
+            worker=self.worker,
+            later=self._later(incoming),
         )
+
+    def _later(self, incoming: Incoming) -> Callable[[Work], None] | None:
+        worker = self.worker
+        if worker is None:
+            return None
+        reply = self._reply(incoming, "")
+        return lambda work: worker.later(work, reply)
 
     def is_admin(self, incoming: Incoming) -> bool:
         """Whether the sender is listed as an admin, by contact id or name."""

@@ -66,6 +66,10 @@ TEMPLATES = (
     "kb_undone",
     "kb_log",
     "kb_error",
+    "probe",
+    "probe_refused",
+    "probe_followup",
+    "host",
 )
 T = TypeVar("T")
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -160,7 +164,7 @@ def _check_templates(
     table = knowledge.table("nginx_status") or next(iter(knowledge.tables.values()))
     samples: dict[str, dict[str, object]] = {
         "alarms_header": {"count": 2},
-        "help": {"commands": ["help", "reload"], "is_admin": True},
+        "help": {"commands": ["help", "reload", "probe", "host"], "is_admin": True},
         "types": {"entries": list(knowledge.alarms.values())},
         "usage": {"command": "explain"},
         "answer": {"body": "body", "see_also": ["a", "b"]},
@@ -177,6 +181,7 @@ def _check_templates(
         **sample_contexts(knowledge),
         **_kb_samples(),
     }
+    probe_samples = _probe_samples(knowledge)
     for name in TEMPLATES:
         where = f"{prefix}/templates/{lang}/{name}.j2"
         if f"{lang}/{name}.j2" not in knowledge.templates:
@@ -186,6 +191,9 @@ def _check_templates(
         elif name == "kb_error":
             for details in KB_ERROR_SAMPLES:
                 _attempt(problems, where, renderer.render, name, **details)
+        else:
+            for details in probe_samples.get(name, ()):
+                _attempt(problems, where, renderer.render, name, **details)
     units = _Units(knowledge, renderer, limits)
     for alarm in knowledge.alarms.values():
         problems += units.run(("explain", alarm.id), (alarm,), _check_explain, alarm)
@@ -194,6 +202,14 @@ def _check_templates(
     for table in knowledge.tables.values():
         problems += units.run(("table", table.id), (table,), _check_table, table)
     return problems
+
+
+def _probe_samples(knowledge: Knowledge) -> dict[str, list[dict[str, object]]]:
+    # NOTE: imported here: the probe pulls in httpx, dnspython, cryptography and
+    # psutil, which the other commands that check the knowledge never need.
+    from bot.autoprobe import sample_contexts as probe_sample_contexts
+
+    return probe_sample_contexts(knowledge)
 
 
 class _Units:

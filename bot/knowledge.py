@@ -95,10 +95,16 @@ class Step(Entry):
 
 
 class Variant(Entry):
-    """Extra knowledge for an alarm in a context (third party, pay notification)."""
+    """Extra knowledge for an alarm in a context (third party, pay notification).
+
+    ``escalation`` and ``contact_platform``, when given, replace the type's own
+    in an alarm reply: advice for ordinary pushes can be wrong for a payment.
+    """
 
     summary: Text
     steps: list[Step] = []
+    escalation: Text | None = None
+    contact_platform: Text | None = None
 
 
 class AlarmType(Entry):
@@ -278,7 +284,7 @@ FINDING_VARIABLES: dict[str, tuple[str, ...]] = {
     "url_bad_port": ("port", "url"),
     "ticket_reply": ("snippet",),
 }
-COMMAND_PLACEHOLDERS = frozenset({"domain", "ip", "url"})
+COMMAND_PLACEHOLDERS = frozenset({"domain", "ip", "url", "port", "stamp", "openid"})
 _EMPTY = object()
 # libyaml's parser when PyYAML was built with it (the wheels are): ten times faster.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -565,7 +571,11 @@ def _check_steps(
     for i, step in enumerate(steps):
         for j, command in enumerate(step.commands):
             loc = (*where, i, "commands", j, "run")
-            for message in _template_problems(command.run, COMMAND_PLACEHOLDERS, set()):
+            messages = _template_problems(command.run, COMMAND_PLACEHOLDERS, set())
+            if "{{ url }}" in command.run and "'{{ url }}'" not in command.run:
+                # A URL may hold & or ; and must reach the shell as one word.
+                messages.append("{{ url }} must stand in single quotes: '{{ url }}'")
+            for message in messages:
                 problems.add(path, line_of(node, loc), f"{format_loc(loc)}: {message}")
 
 

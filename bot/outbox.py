@@ -36,7 +36,7 @@ from bot.render import MESSAGE_LIMIT, split_message
 
 logger = logging.getLogger(__name__)
 
-COLLAPSIBLE_KINDS = frozenset({"alarm", "update", "recovery"})
+COLLAPSIBLE_KINDS = frozenset({"alarm", "update", "recovery", "probe"})
 # NOTE: a send scheduled exactly one period after the one it must follow would
 # put both ends on a closed 60-second span; one millisecond keeps them apart.
 _EPSILON = timedelta(milliseconds=1)

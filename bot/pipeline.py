@@ -6,7 +6,8 @@ parsed and written to the store first, then the policy decides about each one,
 and what it decides to say is rendered (lazily: a reply folded into a digest is
 never rendered) and queued in the outbox. ``tick`` runs the policy's timers
 (recovery notes). The same object serves ``run``, ``chat`` and ``replay``; only
-the channel and the clock differ.
+the channel and the clock differ. ``chat_in_console`` and ``serve_in_wechat`` run
+it with its channel, live knowledge reloads and ``/metrics``.
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from bot.alarm import Alarm, parse
+from bot.autoprobe import ProbeWorker
 from bot.channels.base import Channel, Incoming, Reply
 from bot.channels.console import ConsoleChannel, run_console
 from bot.commands import REGISTRY, AlarmDesk, CommandContext
 from bot.dispatch import Dispatcher, _Loaded
+from bot.kbedit import editor_for, reload_loader
 from bot.knowledge import Knowledge
 from bot.metrics import Metrics, serving
 from bot.notices import NoticeWriter
@@ -42,6 +46,7 @@ from bot.policy import (
 )
 from bot.settings import Settings
 from bot.store import AlarmStats, AlarmStore, StoredAlarm, WindowCount
+from bot.watch import ReloadFailed, live_reload
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +115,7 @@ class AlarmPipeline:
         clock: Clock,
         metrics: Metrics,
         notices: NoticeWriter,
+        prober: ProbeWorker | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.store = store
@@ -118,8 +124,10 @@ class AlarmPipeline:
         self.clock = clock
         self.metrics = metrics
         self.notices = notices
+        self.prober = prober
         self._forgot_at = clock.now()
         dispatcher.desk = self
+        dispatcher.worker = prober
 
     @classmethod
     def open(
@@ -131,6 +139,7 @@ class AlarmPipeline:
         clock: Clock | None = None,
         store: AlarmStore | None = None,
         metrics: Metrics | None = None,
+        editable: bool = True,
     ) -> AlarmPipeline:
         """Build the pipeline and restore what the store remembers.
 
@@ -141,15 +150,20 @@ class AlarmPipeline:
             clock: the time source; the wall clock by default.
             store: the history; by default ``settings.db_path`` (or memory).
             metrics: counters to bump; a fresh set by default.
+            editable: whether admins may change the knowledge from the chat
+                (``kb set`` …); a replay must not.
         """
         clock = clock or SystemClock()
         store = store or AlarmStore(settings.db_path)
         metrics = metrics or Metrics()
+        root = knowledge.root
         dispatcher = DeskDispatcher(
             knowledge,
             lang=settings.lang,
             prefixes=tuple(settings.command_prefixes),
             admins=tuple(settings.admins),
+            loader=reload_loader(root, settings),
+            editor=editor_for(root, settings, audit=store) if editable else None,
         )
         rules = policy_rules(settings)
         now = clock.now()
@@ -192,6 +206,9 @@ class AlarmPipeline:
             clock=clock,
             metrics=metrics,
             notices=notices,
+            prober=ProbeWorker.from_settings(
+                settings, outbox, clock, lambda: dispatcher.renderer
+            ),
         )
         pipeline.decide_undecided()
         return pipeline
@@ -213,6 +230,18 @@ class AlarmPipeline:
     def close(self) -> None:
         """Close the store."""
         self.store.close()
+
+    async def post(self, reply: Reply) -> None:
+        """Queue ``reply`` in the outbox, e.g. a channel's introduction."""
+        self.outbox.submit(
+            Outgoing(
+                room=reply.room,
+                kind=reply.kind,
+                body=reply.text,
+                mentions=reply.mentions,
+                to=reply.to,
+            )
+        )
 
     # ------------------------------------------------------------ messages
 
@@ -314,6 +343,8 @@ class AlarmPipeline:
                 item.row.fingerprint,
                 decision.action.value if decision else Action.DUPLICATE.value,
             )
+        if self.prober is not None:  # after the replies: the probes never delay them
+            self.prober.on_decisions(i.decision for i in handled if i.decision)
 
     def _decide(
         self, alarm: Alarm, row: StoredAlarm, room: str, now: datetime
@@ -508,14 +539,81 @@ class AlarmPipeline:
 async def chat_in_console(
     knowledge: Knowledge, settings: Settings, *, sender: str, banner: str | None
 ) -> None:
-    """Run ``alarm-bot chat``: the console channel behind the whole pipeline."""
+    """Run ``alarm-bot chat`` (and ``run`` without a gateway): the console channel
+    behind the whole pipeline, until end of input."""
     channel = ConsoleChannel()
     pipeline = AlarmPipeline.open(knowledge, settings, channel)
+
+    async def tell(problems: list[str]) -> None:
+        text = pipeline.dispatcher.renderer.render("reload_failed", problems=problems)
+        await channel.say(Reply(room=None, text=text, kind="notice"))
+
+    async def converse() -> None:
+        await run_console(
+            pipeline.dispatch, sender=sender, banner=banner, out=channel.out
+        )
+        await pipeline.outbox.join()
+
     try:
         async with pipeline.running(), serving(pipeline.metrics, settings.http_listen):
-            await run_console(
-                pipeline.dispatch, sender=sender, banner=banner, out=channel.out
-            )
-            await pipeline.outbox.join()
+            await _reloading(pipeline, settings, converse(), tell)
     finally:
         pipeline.close()
+
+
+async def serve_in_wechat(knowledge: Knowledge, settings: Settings) -> None:
+    """Run ``alarm-bot run`` on the configured Wechaty gateway until SIGTERM.
+
+    The channel hands every message to the pipeline, whose outbox posts the
+    replies and the introduction through the channel.
+
+    Raises:
+        GatewayError: no gateway is configured, or it rejected the token.
+    """
+    from bot.channels.wechaty import WechatyChannel, serve  # wechaty takes 1 s
+
+    # NOTE: the channel and the pipeline need each other (messages in, the
+    # outbox's sends out), so the channel reaches the pipeline through these
+    # lambdas, which only run once both exist.
+    pipeline: AlarmPipeline
+    channel = WechatyChannel(
+        lambda incoming: pipeline.dispatch(incoming),
+        settings,
+        introduction=lambda: pipeline.dispatcher.renderer.render("intro"),
+        post=lambda reply: pipeline.post(reply),
+    )
+    pipeline = AlarmPipeline.open(knowledge, settings, channel)
+    pipeline.metrics.connected = lambda: channel.is_logged_in
+    try:
+        async with pipeline.running(), serving(pipeline.metrics, settings.http_listen):
+            bot = serve(channel, drain=pipeline.outbox.join)
+            await _reloading(pipeline, settings, bot, tell_admins(pipeline, settings))
+    finally:
+        pipeline.close()
+
+
+def tell_admins(pipeline: AlarmPipeline, settings: Settings) -> ReloadFailed:
+    """A failed reload's problems as one direct message to each admin, through
+    the outbox."""
+
+    async def tell(problems: list[str]) -> None:
+        text = pipeline.dispatcher.renderer.render("reload_failed", problems=problems)
+        for admin in dict.fromkeys(settings.admins):
+            await pipeline.post(Reply(room=None, to=admin, kind="notice", text=text))
+
+    return tell
+
+
+async def _reloading(
+    pipeline: AlarmPipeline,
+    settings: Settings,
+    main: Coroutine[Any, Any, object],
+    on_reload_failed: ReloadFailed,
+) -> None:
+    """Run ``main`` with the knowledge reloaded on edits and SIGHUP."""
+    await live_reload(
+        pipeline.dispatcher,
+        main,
+        on_reload_failed=on_reload_failed,
+        watch=settings.knowledge_watch,
+    )

@@ -47,8 +47,22 @@ MESSAGE_LIMIT = 2048
 # An alarm reply lists the first checks only; /explain shows the whole runbook.
 ALARM_STEPS = 6
 PLACEHOLDERS = {
-    "zh": {"domain": "<你的域名>", "ip": "<服务器IP>", "url": "<服务器URL>"},
-    "en": {"domain": "<your-domain>", "ip": "<server-ip>", "url": "<server-url>"},
+    "zh": {
+        "domain": "<你的域名>",
+        "ip": "<服务器IP>",
+        "url": "<服务器URL>",
+        "port": "<端口>",
+        "stamp": "<Stamp>",
+        "openid": "<OpenID>",
+    },
+    "en": {
+        "domain": "<your-domain>",
+        "ip": "<server-ip>",
+        "url": "<server-url>",
+        "port": "<port>",
+        "stamp": "<Stamp>",
+        "openid": "<OpenID>",
+    },
 }
 
 
@@ -67,7 +81,7 @@ class ReplyRenderer:
         self.env = _environment(knowledge, self.lang)
         # Findings and commands are small templates from the YAML; compile once.
         self._compiled: dict[str, Template] = {}
-        self._commands: dict[tuple[str, str, str, str], str] = {}
+        self._commands: dict[tuple[str, ...], str] = {}
         self.env.filters["cmd"] = lambda run: self.commands(
             [Command(run=run)], Target()
         )[0]
@@ -115,6 +129,7 @@ class ReplyRenderer:
         findings = [self.finding(f, diagnosis) for f in diagnosis.findings]
         severity = worst([entry.severity, *(str(f["severity"]) for f in findings)])
         event = diagnosis.event
+        variants = [v for k, v in entry.variants.items() if k in diagnosis.variants]
         return {
             "alarm": alarm,
             "entry": entry,
@@ -133,9 +148,14 @@ class ReplyRenderer:
                 for step in diagnosis.steps[:ALARM_STEPS]
             ],
             "more_steps": max(len(diagnosis.steps) - ALARM_STEPS, 0),
-            "variants": [
-                v for k, v in entry.variants.items() if k in diagnosis.variants
-            ],
+            "variants": variants,
+            "escalation": next(
+                (v.escalation for v in variants if v.escalation), entry.escalation
+            ),
+            "contact_platform": next(
+                (v.contact_platform for v in variants if v.contact_platform),
+                entry.contact_platform,
+            ),
             "window_end": alarm.window_end,
             "rate": alarm.rate_per_second,
             "target": diagnosis.target,
@@ -153,14 +173,18 @@ class ReplyRenderer:
         }
 
     def commands(self, commands: list[Command], target: Target) -> list[str]:
-        """Fill the runbook commands with this alarm's domain, IP and URL."""
+        """Fill the runbook commands with this alarm's checked target values."""
         blanks = PLACEHOLDERS[self.lang]
-        values = {
-            "domain": target.domain or blanks["domain"],
-            "ip": target.ip or blanks["ip"],
-            "url": target.url if target.url and "://" in target.url else blanks["url"],
+        given = {
+            "domain": target.domain,
+            "ip": target.ip,
+            "url": target.url,
+            "port": str(target.port) if target.port else None,
+            "stamp": target.stamp,
+            "openid": target.openid,
         }
-        key = (values["domain"], values["ip"], values["url"])
+        values = {name: value or blanks[name] for name, value in given.items()}
+        key = tuple(values.values())
         out = []
         for command in commands:
             # The same few commands recur with the same target: render once.
@@ -283,6 +307,8 @@ def _clock(value: datetime | None, with_date: bool = True) -> str:
 def _rate(value: float | None) -> str:
     if value is None:
         return "?"
+    if 0 < value < 0.01:
+        return "<0.01"
     return f"{value:.1f}" if value >= 0.1 else f"{value:.2f}"
 
 

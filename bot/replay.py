@@ -184,8 +184,10 @@ async def run_replay(
     clock = SimulatedClock(first.at)
     channel = PrintChannel(clock, out)
     store = AlarmStore(db_path)
+    # A replay answers what the bot would have said; it never probes real URLs.
+    settings = settings.model_copy(update={"probes": {}})
     pipeline = AlarmPipeline.open(
-        knowledge, settings, channel, clock=clock, store=store
+        knowledge, settings, channel, clock=clock, store=store, editable=False
     )
     try:
         count = await replay(itertools.chain([first], events), pipeline, clock)

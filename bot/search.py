@@ -27,6 +27,7 @@ _STOP = frozenset(
         "my me i we it this that"
     ).split()
 )
+_ASCII_WORD_RE = re.compile(r"[A-Za-z0-9_]+")
 _STOP_BIGRAMS = frozenset(
     {"什么", "怎么", "如何", "为什", "么是", "是什", "一下", "请问"}
 )
@@ -94,6 +95,7 @@ class KnowledgeSearch:
             *_faq_docs(knowledge),
             *_table_docs(knowledge),
         ]
+        self.by_id = {doc.id.casefold(): doc for doc in self.docs}
         frequency: Counter[str] = Counter()
         for doc in self.docs:
             frequency.update(doc.terms.keys())
@@ -108,25 +110,47 @@ class KnowledgeSearch:
             return []
         weight = {t: self.idf.get(t, self.default_idf) for t in wanted}
         norm = sum(weight.values()) * W_NAME
-        folded = normalize(question)
+        said = _Said(question)
+        exact = self.by_id.get(question.strip().casefold())
         hits = []
         for doc in self.docs:
             covered = sum(weight[t] * doc.terms.get(t, 0.0) for t in wanted)
             score = covered / norm
-            if any(phrase and phrase in folded for phrase in doc.phrases):
+            if any(said.names(phrase) for phrase in doc.phrases):
                 score += PHRASE_BONUS
+            if doc is exact:
+                # Replies point at entries by id ("见 /ask nginx_status").
+                score = 1.0
             if score > 0.12:
-                hits.append(Match(doc.id, doc.kind, min(score, 1.0), _row(doc, folded)))
-        hits.sort(key=lambda m: (-m.score, m.kind, m.id))
+                hits.append(Match(doc.id, doc.kind, min(score, 1.0), _row(doc, said)))
+        exact_id = exact.id if exact is not None else None
+        hits.sort(key=lambda m: (m.id != exact_id, -m.score, m.kind, m.id))
         return hits[:limit]
 
 
-def _row(doc: _Doc, folded: str) -> str | None:
+class _Said:
+    """A question, ready to be asked whether it names a phrase."""
+
+    def __init__(self, question: str) -> None:
+        self.folded = normalize(question)
+        self.words = {normalize(w) for w in _ASCII_WORD_RE.findall(question)}
+
+    def names(self, phrase: str) -> bool:
+        """Whether the question holds ``phrase``; a short Latin one as a whole word.
+
+        Otherwise "ss" (the socket tool) would match inside "access" or "success".
+        """
+        if phrase.isascii() and len(phrase) < 5:
+            return phrase in self.words
+        return bool(phrase) and phrase in self.folded
+
+
+def _row(doc: _Doc, said: _Said) -> str | None:
     """The table row the question names, e.g. ``499`` in "nginx 499 是什么"."""
     best = None
     for key, names in doc.rows:
         for name in names:
-            if name and name in folded and (best is None or len(name) > best[1]):
+            if said.names(name) and (best is None or len(name) > best[1]):
                 best = (key, len(name))
     return best[0] if best else None
 

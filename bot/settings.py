@@ -13,9 +13,11 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -32,6 +34,9 @@ from pydantic import (
 )
 
 from bot.errors import SettingsError
+
+if TYPE_CHECKING:
+    from bot.probe import ProbeTarget
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +63,13 @@ FILE_FIELDS = (
     "kb_history_dir",
     "reply_limit_alarm",
     "reply_limit_explain",
+    "probes",
+    "probe_allow_private",
+    "probe_per_minute",
 )
+# Settings whose values are never quoted in an error message: they hold secrets.
+SECRET_FIELDS = frozenset({"puppet_token", "probes"})
+_APPID_RE = re.compile(r"wx[0-9a-f]{16}")
 
 
 class OutboxSettings(BaseModel):
@@ -91,6 +102,70 @@ class OutboxSettings(BaseModel):
         return self
 
 
+class ProbeSettings(BaseModel):
+    """One account's callback URL, probed by ``probe`` and after its alarms.
+
+    An entry of the ``probes`` mapping, keyed by appid. The secrets never show
+    in a reply, a log line or an error message.
+
+    Attributes:
+        url: the callback URL configured on the platform (http or https).
+        token: the Token configured on the platform.
+        aes_key: the 43-character EncodingAESKey; needed in compatible and safe
+            mode.
+        mode: the message mode (``plain``, ``compatible`` or ``safe``); unset:
+            ``safe`` with an ``aes_key``, else ``plain``.
+        event: the event pushed; unset: a menu-link click (``VIEW``), which
+            makes no server send anyone a message.
+        account_id: the account's original id (``gh_...``), sent as
+            ``ToUserName``; unset: a made-up one.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    token: SecretStr
+    aes_key: SecretStr | None = None
+    mode: Literal["plain", "compatible", "safe"] | None = None
+    event: str | None = None
+    account_id: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urllib.parse.urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http(s) URL with a host")
+        return value.strip()
+
+    def target(self, appid: str) -> ProbeTarget:
+        """The probe's view of this entry.
+
+        Raises:
+            ValueError: the mode needs an ``aes_key`` that is missing, the key
+                is not 43 base64 characters, or the event is not a plain word.
+        """
+        # NOTE: imported here: the probe pulls in httpx, dnspython and
+        # cryptography, which only a bot with probes needs.
+        from bot.probe import (
+            DEFAULT_ACCOUNT_ID,
+            DEFAULT_EVENT,
+            MessageMode,
+            ProbeTarget,
+        )
+
+        aes_key = self.aes_key.get_secret_value() if self.aes_key else None
+        return ProbeTarget(
+            url=self.url,
+            token=self.token.get_secret_value(),
+            appid=appid,
+            aes_key=aes_key,
+            mode=MessageMode(self.mode or ("safe" if aes_key else "plain")),
+            event=self.event or DEFAULT_EVENT,
+            account_id=self.account_id or DEFAULT_ACCOUNT_ID,
+        )
+
+
 class Settings(BaseModel):
     """Everything the bot can be told, validated once at start-up.
 
@@ -101,7 +176,9 @@ class Settings(BaseModel):
         command_prefixes: what starts a chat command, e.g. ``/help``.
         bot_name: the name people @-mention; defaults to the account's own name.
         knowledge_dir: a knowledge base to use instead of the bundled one.
-        db_path: the SQLite file of the bot's history; unset keeps it in memory.
+        db_path: the SQLite file of the bot's history; unset, ``run`` keeps it
+            in the user's data directory (``bot.store.default_db_path``) and
+            ``chat`` and ``replay`` in memory.
         owners: contacts to @-mention per appid, e.g. ``{wx…: [alice, bob]}``.
         default_owners: contacts for accounts not in ``owners``.
         platform_owners: contacts for third-party ticket and platform-message
@@ -117,6 +194,13 @@ class Settings(BaseModel):
         reply_limit_alarm: the most messages the reply to one alarm may take
             (``kb check`` and reloads refuse a knowledge base over it).
         reply_limit_explain: the same for an explain, FAQ or table reply.
+        probes: callback URLs per appid (see ``ProbeSettings``): ``probe <appid>``
+            pushes to them from the chat, and an alarm for one of them is
+            followed by the probe's verdict.
+        probe_allow_private: probe URLs that resolve to loopback, private,
+            link-local or cloud-metadata addresses (labs and tests only).
+        probe_per_minute: probes per appid within 60 seconds, from the chat and
+            after alarms together (20 in all at most).
         puppet_endpoint: the Wechaty gateway as ``host:port``.
         puppet_token: the gateway's token.
     """
@@ -140,10 +224,13 @@ class Settings(BaseModel):
     kb_history_dir: Path | None = None
     reply_limit_alarm: PositiveInt = 2
     reply_limit_explain: PositiveInt = 6
+    probes: dict[str, ProbeSettings] = {}
+    probe_allow_private: bool = False
+    probe_per_minute: PositiveInt = 3
     puppet_endpoint: str | None = None
     puppet_token: SecretStr | None = None
 
-    @field_validator("owners", "outbox", mode="before")
+    @field_validator("owners", "outbox", "probes", mode="before")
     @classmethod
     def _read_mapping(cls, value: object) -> object:
         # From the environment a mapping comes as YAML or JSON text.
@@ -167,6 +254,19 @@ class Settings(BaseModel):
             )
             for appid, contacts in value.items()
         }
+
+    @field_validator("probes")
+    @classmethod
+    def _check_probes(cls, value: dict[str, ProbeSettings]) -> dict[str, ProbeSettings]:
+        probes = {appid.strip().lower(): entry for appid, entry in value.items()}
+        for appid, entry in probes.items():
+            if not _APPID_RE.fullmatch(appid):
+                raise ValueError(f"{appid!r} is not an appid (wx and 16 hex digits)")
+            try:
+                entry.target(appid)
+            except ValueError as exc:
+                raise ValueError(f"{appid}: {exc}") from None
+        return probes
 
     @field_validator("default_owners", "platform_owners", mode="before")
     @classmethod
@@ -300,6 +400,10 @@ def _read_file(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise SettingsError(f"{path}: cannot read settings: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise SettingsError(
+            f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8"
+        ) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -351,7 +455,10 @@ def _describe(
         if not key:
             problems.append(message)
             continue
-        shown = "<hidden>" if key == "puppet_token" else values.get(key)
+        shown = "<hidden>" if key in SECRET_FIELDS else values.get(key)
+        if key == "probes" and len(error["loc"]) > 1:
+            # Name the entry and its field: the value itself stays hidden.
+            message = ".".join(map(str, error["loc"][1:])) + f": {message}"
         problems.append(f"{sources.get(key, key)}: {message}, got {_quote(shown)}")
     return "\n".join(problems)
 

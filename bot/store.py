@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -121,6 +122,16 @@ MIGRATIONS: tuple[str, ...] = (
 )
 # Dispositions that are not a new alarm: left out of counts.
 _NOT_COUNTED = ("duplicate",)
+
+
+def default_db_path() -> Path:
+    """Where ``alarm-bot run`` keeps its history unless told: the user's data dir.
+
+    ``$XDG_DATA_HOME/alarm-bot/alarm-bot.db``, else
+    ``~/.local/share/alarm-bot/alarm-bot.db``; never the working directory.
+    """
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "alarm-bot" / "alarm-bot.db"
 
 
 def fingerprint(room: str, alarm: Alarm) -> str:

@@ -1,15 +1,18 @@
-"""Shared fixtures: the real knowledge base, a dispatcher and a clean environment."""
+"""Shared fixtures: the real knowledge base, a dispatcher, a clean environment and
+HTTP servers on 127.0.0.1."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from bot.dispatch import Dispatcher
 from bot.knowledge import Knowledge, load_knowledge
+
+from .httpserver import Handler, HttpServer
 
 DATA = Path(__file__).parent / "data"
 
@@ -31,3 +34,18 @@ def knowledge() -> Knowledge:
 @pytest.fixture
 def dispatcher(knowledge: Knowledge) -> Dispatcher:
     return Dispatcher(knowledge, admins=("admin",))
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[HttpServer]]]:
+    """Start HTTP servers on 127.0.0.1 that answer with a handler; stop them after."""
+    servers: list[HttpServer] = []
+
+    async def start(handler: Handler) -> HttpServer:
+        server = await HttpServer(handler).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()

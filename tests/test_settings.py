@@ -278,5 +278,114 @@ def test_unknown_file_key_without_near_match_lists_the_known_keys(
         f"{path}: unknown key 'colour' (known keys: rooms, admins, lang, "
         "command_prefixes, bot_name, knowledge_dir, db_path, owners, default_owners, "
         "platform_owners, repeat_interval_minutes, outbox, http_listen, "
-        "knowledge_watch, kb_history_dir, reply_limit_alarm, reply_limit_explain)"
+        "knowledge_watch, kb_history_dir, reply_limit_alarm, reply_limit_explain, "
+        "probes, probe_allow_private, probe_per_minute)"
     )
+
+
+# ---- probes
+
+PROBE_TOKEN = "probe-s3cret-token"
+PROBE_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+
+
+def test_probes_are_read_from_a_file_with_secrets_hidden(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "probes:\n"
+        "  WX0123456789ABCDEF:\n"
+        "    url: https://wx.example.com/wechat\n"
+        f"    token: {PROBE_TOKEN}\n"
+        f"    aes_key: {PROBE_KEY}\n"
+        "    event: CLICK\n"
+        "probe_allow_private: true\n"
+        "probe_per_minute: 5\n",
+    )
+
+    settings = load_settings(path, {})
+
+    entry = settings.probes["wx0123456789abcdef"]
+    target = entry.target("wx0123456789abcdef")
+    assert target.mode == "safe"
+    assert target.token == PROBE_TOKEN
+    assert target.aes_key == PROBE_KEY
+    assert target.event == "CLICK"
+    assert target.account_id.startswith("gh_")
+    assert settings.probe_allow_private is True
+    assert settings.probe_per_minute == 5
+    assert PROBE_TOKEN not in repr(settings)
+    assert PROBE_KEY not in repr(settings)
+
+
+def test_probes_come_from_the_environment_as_yaml() -> None:
+    settings = load_settings(
+        None,
+        {
+            "ALARM_BOT_PROBES": (
+                "{wx0123456789abcdef: {url: 'http://127.0.0.1:8080/wx', "
+                f"token: {PROBE_TOKEN}, mode: plain}}}}"
+            ),
+            "ALARM_BOT_PROBE_ALLOW_PRIVATE": "true",
+            "ALARM_BOT_PROBE_PER_MINUTE": "2",
+        },
+    )
+
+    assert list(settings.probes) == ["wx0123456789abcdef"]
+    assert settings.probes["wx0123456789abcdef"].url == "http://127.0.0.1:8080/wx"
+    assert settings.probe_allow_private is True
+    assert settings.probe_per_minute == 2
+
+
+def test_probe_defaults_refuse_private_targets() -> None:
+    settings = Settings()
+
+    assert settings.probes == {}
+    assert settings.probe_allow_private is False
+    assert settings.probe_per_minute == 3
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        (
+            "{wx0123: {url: 'http://x/', token: T}}",
+            "'wx0123' is not an appid (wx and 16 hex digits)",
+        ),
+        (
+            "{wx0123456789abcdef: {url: 'ftp://x/', token: T}}",
+            "wx0123456789abcdef.url: expected an http(s) URL with a host",
+        ),
+        (
+            "{wx0123456789abcdef: {url: 'http://x/', token: T, mode: safe}}",
+            "wx0123456789abcdef: safe mode needs the appid and EncodingAESKey",
+        ),
+        (
+            "{wx0123456789abcdef: {url: 'http://x/', token: T, aes_key: short}}",
+            "wx0123456789abcdef: EncodingAESKey must be 43 base64 characters",
+        ),
+        (
+            "{wx0123456789abcdef: {url: 'http://x/'}}",
+            "wx0123456789abcdef.token: field required",
+        ),
+    ],
+)
+def test_bad_probe_entries_name_the_problem_but_never_the_value(
+    entry: str, problem: str
+) -> None:
+    secret_entry = entry.replace("token: T", f"token: {PROBE_TOKEN}")
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(None, {"ALARM_BOT_PROBES": secret_entry})
+
+    assert str(caught.value) == f'ALARM_BOT_PROBES: {problem}, got "<hidden>"'
+    assert PROBE_TOKEN not in str(caught.value)
+
+
+def test_settings_file_not_utf8_is_a_clear_error(tmp_path) -> None:
+    from bot.errors import SettingsError
+    from bot.settings import load_settings
+
+    path = tmp_path / "gbk.yaml"
+    path.write_bytes("rooms: [接口报警群]\n".encode("gbk"))
+    with pytest.raises(SettingsError, match="not UTF-8"):
+        load_settings(path, environ={})

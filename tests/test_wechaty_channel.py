@@ -7,13 +7,15 @@ the real Wechaty event bridge, and the tests read what reached the puppet's send
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from wechaty.fake_puppet import FakePuppet  # isort: skip
 from wechaty_puppet import (  # isort: skip
     ContactPayload,
     EventLoginPayload,
+    EventLogoutPayload,
     EventMessagePayload,
     EventRoomInvitePayload,
     EventRoomJoinPayload,
@@ -184,6 +187,7 @@ async def _harness(
     settings: Settings | None = None,
     answer: Callable[[Incoming], list[Reply]] | None = None,
     introduction: Callable[[], str] | None = None,
+    post: Callable[[Reply], Awaitable[None]] | None = None,
 ) -> Harness:
     puppet = RecordingPuppet()
     dispatch = Recorder(answer)
@@ -191,6 +195,7 @@ async def _harness(
         dispatch,
         settings or Settings(rooms=["alarm-group"]),
         introduction=introduction,
+        post=post,
         puppet=puppet,
     )
     await channel.open()
@@ -434,6 +439,54 @@ async def test_joining_unlisted_room_or_someone_else_joining_says_nothing() -> N
     assert h.puppet.sent == []
 
 
+async def test_replies_and_introduction_go_to_post_when_given() -> None:
+    posted: list[Reply] = []
+
+    async def post(reply: Reply) -> None:
+        posted.append(reply)
+
+    h = await _harness(
+        Settings(rooms=["alarm-group", "ops-oncall"]),
+        introduction=lambda: "hello all",
+        post=post,
+    )
+    await h.say("alice", ALARM_ROOM, "/help")
+    h.puppet.emitter.emit(
+        "room-join",
+        EventRoomJoinPayload(
+            room_id=ONCALL_ROOM, invited_ids=[SELF], inviter_id="alice", timestamp=0
+        ),
+    )
+    await h.settle(lambda: len(posted) == 2)
+
+    assert posted == [
+        Reply(room="alarm-group", text="re: /help"),
+        Reply(room="ops-oncall", text="hello all", kind="notice"),
+    ]
+    assert h.puppet.sent == []  # the outbox behind post does the sending
+
+
+async def test_is_logged_in_from_login_until_logout_or_close() -> None:
+    puppet = RecordingPuppet()
+    channel = WechatyChannel(Recorder(), Settings(), puppet=puppet)
+    await channel.open()
+    h = Harness(channel, puppet, Recorder())
+    before = channel.is_logged_in
+
+    puppet.emitter.emit("login", EventLoginPayload(contact_id=SELF))
+    await h.settle(lambda: channel.is_logged_in)
+    after_login = channel.is_logged_in
+    puppet.emitter.emit("logout", EventLogoutPayload(contact_id=SELF, data=""))
+    await h.settle(lambda: not channel.is_logged_in)
+    after_logout = channel.is_logged_in
+    puppet.emitter.emit("login", EventLoginPayload(contact_id=SELF))
+    await h.settle(lambda: channel.is_logged_in)
+    await channel.close()
+
+    assert (before, after_login, after_logout) == (False, True, False)
+    assert not channel.is_logged_in
+
+
 async def test_renamed_room_is_served_by_its_new_topic() -> None:
     h = await _harness()
     await h.say("alice", ALARM_ROOM, ALARM)  # the room's payload is cached now
@@ -533,6 +586,38 @@ async def test_run_reconnects_after_failures_and_logs_in_again(
 
 
 # ------------------------------------------------------------- workarounds
+
+
+async def test_serve_without_a_gateway_refuses_to_start() -> None:
+    channel = WechatyChannel(Recorder(), Settings())
+
+    with pytest.raises(GatewayError, match="WECHATY_PUPPET_SERVICE_ENDPOINT"):
+        await channel_module.serve(channel)
+
+
+async def test_serve_stops_on_sigterm_after_draining_what_is_left_to_say() -> None:
+    token = "insecure-sigterm-test-token"
+    settings = Settings(puppet_endpoint="127.0.0.1:9", puppet_token=token)
+    channel = WechatyChannel(Recorder(), settings, puppet=ScriptedPuppet(["serve"]))
+    drained: list[bool] = []
+
+    async def drain() -> None:
+        drained.append(channel.is_logged_in)
+
+    serving = asyncio.create_task(channel_module.serve(channel, drain=drain))
+    try:
+        for _ in range(500):
+            await asyncio.sleep(0.002)
+            if channel.is_logged_in:
+                break
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(serving, 5)
+    finally:
+        gc.unfreeze()
+        channel_module._REDACTOR.secrets.discard(token)
+
+    assert drained == [True]  # while still connected
+    assert not channel.is_logged_in
 
 
 def test_wechaty_loggers_go_through_app_logging_with_token_blanked(

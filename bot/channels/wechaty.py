@@ -4,7 +4,8 @@ It is the only module that imports wechaty. It turns Wechaty events into the
 dispatcher's ``Incoming`` values and posts the replies with ``room.say``: in the
 room the message came from, mentioning the asker where the dispatcher says so, or
 directly to the sender of a direct message. Rooms outside ``Settings.rooms`` are
-ignored entirely.
+ignored entirely. ``alarm-bot run`` puts the pipeline's outbox in front of
+``say`` (see ``bot.pipeline.serve_in_wechat``).
 
 python-wechaty 0.10.7 is the last release. Each of its faults that this module
 works around is marked ``WORKAROUND`` where it is handled:
@@ -36,7 +37,7 @@ import socket
 import sys
 import tempfile
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -185,6 +186,8 @@ class WechatyChannel:
         dispatch: turns one incoming message into the replies to post.
         settings: the rooms to serve, the bot's name and the gateway.
         introduction: the text posted once on joining a served room.
+        post: where the replies and the introduction go, e.g. the outbox;
+            by default straight to ``say``.
         puppet: a puppet to use instead of the gateway (tests pass a FakePuppet).
         backoff: the waits between connection attempts.
     """
@@ -195,16 +198,19 @@ class WechatyChannel:
         settings: Settings,
         *,
         introduction: Callable[[], str] | None = None,
+        post: Callable[[Reply], Awaitable[None]] | None = None,
         puppet: Any = None,
         backoff: Backoff = Backoff(),
     ) -> None:
         self._dispatch = dispatch
         self._settings = settings
         self._introduction = introduction
+        self._post = post or self.say
         self._puppet = puppet
         self._backoff = backoff
         self._bot: Any = None
-        self._has_logged_in = False
+        self._has_logged_in = False  # during this connection attempt
+        self._is_logged_in = False  # right now
         self._mention: tuple[str, re.Pattern[str]] | None = None
         self._room_ids: dict[str, str] = {}  # topic or id -> room id
         self._contact_ids: dict[str, str] = {}  # display name or id -> contact id
@@ -215,6 +221,16 @@ class WechatyChannel:
     def endpoint(self) -> str:
         """Where the gateway is, for messages."""
         return self._settings.puppet_endpoint or "the puppet"
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the channel serves by."""
+        return self._settings
+
+    @property
+    def is_logged_in(self) -> bool:
+        """Whether the bot is connected to the gateway and logged in right now."""
+        return self._is_logged_in
 
     async def run(self) -> None:
         """Connect to the gateway and serve until cancelled, reconnecting as needed.
@@ -253,6 +269,7 @@ class WechatyChannel:
         if self._bot is None:
             self._bot = Wechaty(self._options())
             self._bot.on("login", self._on_login)
+            self._bot.on("logout", self._on_logout)
             self._bot.on("message", self._on_message)
             self._bot.on("room-invite", self._on_room_invite)
             self._bot.on("room-join", self._on_room_join)
@@ -289,6 +306,7 @@ class WechatyChannel:
 
     async def close(self) -> None:
         """Drop the connection to the gateway, if any."""
+        self._is_logged_in = False
         if self._bot is None or self._bot._puppet is None:
             return
         puppet = self._bot.puppet
@@ -348,13 +366,17 @@ class WechatyChannel:
     # ---------------------------------------------------------------- events
 
     async def _on_login(self, contact: Any) -> None:
-        self._has_logged_in = True
+        self._has_logged_in = self._is_logged_in = True
         logger.info(
             "logged in as %s (%s) at %s",
             contact.name,
             contact.contact_id,
             self.endpoint,
         )
+
+    async def _on_logout(self, contact: Any) -> None:
+        self._is_logged_in = False
+        logger.warning("logged out of %s at %s", contact.contact_id, self.endpoint)
 
     async def _on_message(self, message: Any) -> None:
         task = asyncio.current_task()
@@ -365,7 +387,7 @@ class WechatyChannel:
             if incoming is None:
                 return
             for reply in self._dispatch(incoming):
-                await self.say(reply)
+                await self._post(reply)
         except (StreamTerminatedError, ConnectionError) as exc:
             logger.warning("message %s: connection lost (%s)", message.message_id, exc)
         except Exception:
@@ -481,7 +503,7 @@ class WechatyChannel:
             self._introduced.add(room.room_id)
             key = topic or room.room_id
             self._room_ids[key] = room.room_id
-            await self.say(Reply(room=key, text=self._introduction(), kind="notice"))
+            await self._post(Reply(room=key, text=self._introduction(), kind="notice"))
         except Exception:
             logger.exception("room-join %s: handling failed", room.room_id)
 
@@ -520,19 +542,23 @@ def _failure(exc: Exception) -> str:
 
 
 async def serve(
-    dispatch: Callable[[Incoming], list[Reply]],
-    settings: Settings,
+    channel: WechatyChannel,
     *,
-    introduction: Callable[[], str] | None = None,
+    drain: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
-    """Run the bot on the configured gateway until SIGINT or SIGTERM.
+    """Run ``channel`` on its gateway until SIGINT or SIGTERM.
+
+    Args:
+        channel: the channel to run, wired to the bot.
+        drain: waits until what the bot still has to say is sent (the outbox's
+            ``join``); given up to ``CLOSE_TIMEOUT_S`` on a stop, before the
+            connection closes.
 
     Raises:
-        GatewayError: the gateway rejected the token.
+        GatewayError: no gateway is configured, or it rejected the token.
     """
-    if not settings.has_gateway:
+    if not channel.settings.has_gateway:
         raise GatewayError(f"no gateway: set {ENDPOINT_VAR} and {TOKEN_VAR}")
-    channel = WechatyChannel(dispatch, settings, introduction=introduction)
     # NOTE: the knowledge base, its templates and wechaty's modules are 100k+
     # objects that live as long as the process; a full collection walking them
     # stalls a reply by 20-30 ms. Freezing them leaves them out of every pass
@@ -550,6 +576,9 @@ async def serve(
         await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if stop.is_set():
             await channel.drain(CLOSE_TIMEOUT_S)
+            if drain is not None and channel.is_logged_in:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(drain(), CLOSE_TIMEOUT_S)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)

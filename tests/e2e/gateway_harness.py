@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -49,6 +50,17 @@ def free_port() -> int:
         probe.bind((HOST, 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def fetch(url: str) -> tuple[int, str]:
+    """GET ``url`` (no proxy); return the status and the body, errors included."""
+    try:
+        with _OPENER.open(url, timeout=10) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:  # nothing listens there (yet)
+        return 0, ""
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -203,7 +215,11 @@ class Gateway:
 
 
 class BotProcess:
-    """``alarm-bot run`` as a subprocess, its output in a file."""
+    """``alarm-bot run`` as a subprocess, its output in a file.
+
+    Its history and knowledge backups go to ``workdir/data`` (``XDG_DATA_HOME``),
+    never to the user's own data directory.
+    """
 
     def __init__(
         self, workdir: Path, env: Mapping[str, str], command: list[str] | None = None
@@ -211,9 +227,10 @@ class BotProcess:
         self.workdir = workdir
         self.cwd = workdir / "bot-cwd"
         self.cwd.mkdir(parents=True, exist_ok=True)
+        self.data_home = workdir / "data"
         self.log_path = workdir / "bot.log"
         self.command = command or alarm_bot_command()
-        self.env = _clean_environ() | dict(env)
+        self.env = _clean_environ() | {"XDG_DATA_HOME": str(self.data_home)} | dict(env)
         self.process: subprocess.Popen[bytes] | None = None
         self._log: TextIO | None = None
 
@@ -312,11 +329,20 @@ def bot_environ(gateway: Gateway, token: str | None = None) -> dict[str, str]:
     }
 
 
-def start_world(workdir: Path) -> World:
-    """Start a gateway and a bot, and wait until the bot is logged in."""
+def start_world(
+    workdir: Path, args: tuple[str, ...] = (), env: Mapping[str, str] | None = None
+) -> World:
+    """Start a gateway and a bot, and wait until the bot is logged in.
+
+    Args:
+        workdir: where both keep their files.
+        args: more options for ``alarm-bot run``.
+        env: more environment for the bot.
+    """
     gateway = Gateway(workdir, token=f"insecure_e2e_{os.getpid()}_{workdir.name}")
     gateway.start()
-    bot = BotProcess(workdir, bot_environ(gateway))
+    command = [*alarm_bot_command(), *args]
+    bot = BotProcess(workdir, bot_environ(gateway) | dict(env or {}), command)
     world = World(gateway, bot)
     try:
         bot.start()

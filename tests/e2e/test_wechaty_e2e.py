@@ -29,6 +29,7 @@ from gateway_harness import (
 from bot.channels.base import Incoming
 from bot.dispatch import Dispatcher
 from bot.render import split_message
+from bot.settings import Settings
 
 pytestmark = pytest.mark.e2e
 
@@ -44,11 +45,17 @@ ANSWER_MS = 15_000
 
 
 def expected_texts(reference: Dispatcher, incoming: Incoming) -> list[str]:
-    """The messages the bot should post for ``incoming``, as they reach the gateway."""
+    """The messages the bot should post for ``incoming``, as they reach the gateway.
+
+    Split as the outbox splits: it keeps room in the first part for the
+    "@name " WeChat puts before it.
+    """
     texts = []
+    limit = Settings().outbox.message_bytes
     for reply in reference.dispatch(incoming):
         prefix = "".join(f"@{_name(m)} " for m in reply.mentions)
-        parts = split_message(reply.text)
+        overhead = sum(len(m.encode()) + 2 for m in reply.mentions)
+        parts = split_message(reply.text, limit - overhead)
         texts += [prefix + parts[0], *parts[1:]]
     return texts
 

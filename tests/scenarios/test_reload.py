@@ -8,6 +8,7 @@ exact message, and a reload refuses it while the old knowledge keeps answering.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import queue
 import shutil
@@ -28,6 +29,7 @@ from bot.dispatch import Dispatcher
 from bot.kbcheck import load_checked
 from bot.knowledge import Knowledge, default_root
 from bot.watch import live_reload
+from tests.test_kbcheck import blur
 
 from ..conftest import DATA
 
@@ -83,13 +85,13 @@ def test_broken_knowledge_is_rejected_by_check_and_by_a_live_reload(
 
     checked = CliRunner().invoke(cli, ["kb", "check", str(root)])
     assert checked.exit_code == 1
-    assert expected in checked.output.splitlines()
+    assert blur(expected) in [blur(line) for line in checked.output.splitlines()]
 
     told: list[list[str]] = []
     dispatcher.on_reload = told.append
     (reply,) = dispatcher.dispatch(Incoming(room="ops", sender="admin", text="/reload"))
-    assert expected in reply.text or len(told[0]) > 10
-    assert expected in told[0]
+    assert blur(expected) in blur(reply.text)
+    assert blur(expected) in [blur(p) for p in told[0]]
     assert dispatcher.knowledge is knowledge
     assert alarm_reply(dispatcher) == before
 
@@ -212,8 +214,9 @@ def test_sighup_reloads_a_running_bot(root: Path, tmp_path: Path) -> None:
         path.write_text(text.replace(OLD_SUMMARY, NEW_SUMMARY), "utf-8")
         process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 30
-        while True:
-            send(ALARM)
+        for attempt in itertools.count(1):
+            # another account each time: the policy answers a repeat only briefly
+            send(ALARM.replace("wx0123456789abcdef", f"wx{attempt:016x}"))
             if NEW_SUMMARY in read_until("/explain"):
                 break
             assert time.monotonic() < deadline, "the running bot kept the old text"

@@ -1,0 +1,133 @@
+"""The pipeline's wiring: knowledge editing, admin notices and the console run."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from bot.alarm import PLATFORM_TZ
+from bot.channels.base import Incoming, Reply
+from bot.kbcheck import load_checked
+from bot.knowledge import Knowledge, default_root
+from bot.pipeline import AlarmPipeline, chat_in_console, tell_admins
+from bot.policy import SimulatedClock
+from bot.replay import drain
+from bot.settings import Settings
+
+START = datetime(2024, 5, 1, 10, 0, tzinfo=PLATFORM_TZ)
+
+
+class RecordingChannel:
+    """Keeps every reply the outbox sends."""
+
+    def __init__(self) -> None:
+        self.said: list[Reply] = []
+
+    async def say(self, reply: Reply) -> None:
+        self.said.append(reply)
+
+
+def open_pipeline(
+    knowledge: Knowledge, tmp_path: Path, **values: object
+) -> tuple[AlarmPipeline, RecordingChannel, SimulatedClock]:
+    channel, clock = RecordingChannel(), SimulatedClock(START)
+    settings = Settings.model_validate(
+        {"kb_history_dir": tmp_path / "kb-history", **values}
+    )
+    pipeline = AlarmPipeline.open(knowledge, settings, channel, clock=clock)
+    return pipeline, channel, clock
+
+
+async def test_tell_admins_sends_each_admin_one_direct_notice_through_the_outbox(
+    knowledge: Knowledge, tmp_path: Path
+) -> None:
+    settings = Settings(admins=["alice", "bob", "alice"])
+    pipeline, channel, clock = open_pipeline(
+        knowledge, tmp_path, admins=settings.admins
+    )
+
+    await tell_admins(pipeline, settings)(["faq.yaml: broken"])
+    await drain(pipeline, clock)
+
+    text = pipeline.dispatcher.renderer.render(
+        "reload_failed", problems=["faq.yaml: broken"]
+    )
+    assert channel.said == [
+        Reply(room=None, text=text, to="alice", kind="notice"),
+        Reply(room=None, text=text, to="bob", kind="notice"),
+    ]
+    assert pipeline.metrics.replies["notice"] == 2
+    pipeline.close()
+
+
+async def test_post_queues_a_reply_in_the_outbox(
+    knowledge: Knowledge, tmp_path: Path
+) -> None:
+    pipeline, channel, clock = open_pipeline(knowledge, tmp_path)
+
+    await pipeline.post(Reply(room="ops", text="hello all", kind="notice"))
+    assert channel.said == []  # queued, not sent yet
+    await drain(pipeline, clock)
+
+    assert channel.said == [Reply(room="ops", text="hello all", kind="notice")]
+    pipeline.close()
+
+
+async def test_open_lets_admins_edit_the_knowledge_and_audits_it_in_the_store(
+    knowledge: Knowledge, tmp_path: Path
+) -> None:
+    pipeline, channel, clock = open_pipeline(knowledge, tmp_path, admins=["admin"])
+    editor = pipeline.dispatcher.editor
+
+    pipeline.handle(Incoming(room="ops", sender="admin", text="/kb log"))
+    await drain(pipeline, clock)
+
+    assert editor is not None
+    assert editor.history_dir == tmp_path / "kb-history"
+    assert editor.audit_log is pipeline.store
+    expected = pipeline.dispatcher.renderer.render("kb_log", changes=[], pending=[])
+    assert [r.text for r in channel.said] == [expected]
+    pipeline.close()
+
+
+def test_open_for_a_replay_edits_nothing(knowledge: Knowledge, tmp_path: Path) -> None:
+    channel, clock = RecordingChannel(), SimulatedClock(START)
+
+    pipeline = AlarmPipeline.open(
+        knowledge, Settings(), channel, clock=clock, editable=False
+    )
+
+    assert pipeline.dispatcher.editor is None
+    pipeline.close()
+
+
+async def test_console_chat_prints_a_failed_reload_for_the_admin(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = tmp_path / "knowledge"
+    shutil.copytree(default_root(), root)
+    knowledge = load_checked(root)
+    faq = root / "faq.yaml"
+    faq.write_text(faq.read_text(encoding="utf-8") + "\n- id: [", encoding="utf-8")
+    settings = Settings.model_validate(
+        {
+            "admins": ["you"],
+            "knowledge_watch": False,
+            "kb_history_dir": tmp_path / "kb-history",
+        }
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO("/reload\n"))
+
+    await chat_in_console(knowledge, settings, sender="you", banner=None)
+
+    out = capsys.readouterr().out
+    headline = "知识库重载失败"
+    assert out.count(headline) == 2, out  # the /reload reply and the notice
+    assert f"[alarm-bot] @you {headline}" in out
+    assert f"\n[alarm-bot] {headline}" in out
