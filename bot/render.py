@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 MESSAGE_LIMIT = 2048
 # An alarm reply lists the first checks only; /explain shows the whole runbook.
 ALARM_STEPS = 6
+# Failures per second at which any alarm is at least "high": most users hit.
+BUSY_RATE = 10.0
 PLACEHOLDERS = {
     "zh": {
         "domain": "<你的域名>",
@@ -128,6 +130,8 @@ class ReplyRenderer:
         alarm, entry = diagnosis.alarm, diagnosis.entry
         findings = [self.finding(f, diagnosis) for f in diagnosis.findings]
         severity = worst([entry.severity, *(str(f["severity"]) for f in findings)])
+        if (alarm.rate_per_second or 0) >= BUSY_RATE:
+            severity = worst([severity, "high"])
         event = diagnosis.event
         variants = [v for k, v in entry.variants.items() if k in diagnosis.variants]
         return {

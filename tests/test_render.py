@@ -91,3 +91,14 @@ def test_fast_path_reads_dict_keys_and_methods(knowledge: Knowledge) -> None:
     renderer = ReplyRenderer(knowledge)
     assert renderer.render_text("{{ d.a }}", d={"a": 1}) == "1"
     assert renderer.render_text("{{ d.items() | list }}", d={"a": 1}) == "[('a', 1)]"
+
+
+def test_high_failure_rate_raises_severity(knowledge: Knowledge) -> None:
+    from bot.kbcheck import sample_alarm
+
+    renderer = ReplyRenderer(knowledge)
+    calm = sample_alarm("connect_timeout")
+    busy = sample_alarm("connect_timeout")
+    object.__setattr__(busy, "count", 7289)
+    assert renderer.alarm_context(diagnose(calm, knowledge))["severity"] == "warning"
+    assert renderer.alarm_context(diagnose(busy, knowledge))["severity"] == "high"
