@@ -119,20 +119,20 @@ def _run_settings(
     from bot.settings import Settings
     from bot.store import MEMORY, default_db_path
 
+    listen = settings.http_listen
+    if http_listen is not None:
+        try:
+            listen = Settings(http_listen=http_listen).http_listen
+        except ValidationError as exc:
+            message = exc.errors(include_url=False)[0]["msg"]
+            raise SettingsError(
+                f"--http: {message.removeprefix('Value error, ')}, got {http_listen!r}"
+            ) from None
     path = db_path or settings.db_path or default_db_path()
-    values = settings.model_dump() | {
-        # NOTE: no path keeps the history in memory (and kb-history in the
-        # user's data directory, not beside ":memory:" in the working directory)
-        "db_path": None if str(path) == MEMORY else path,
-        "http_listen": settings.http_listen if http_listen is None else http_listen,
-    }
-    try:
-        return Settings.model_validate(values)
-    except ValidationError as exc:
-        message = exc.errors(include_url=False)[0]["msg"]
-        raise SettingsError(
-            f"--http: {message.removeprefix('Value error, ')}, got {http_listen!r}"
-        ) from None
+    # NOTE: ":memory:" becomes no path, so the chat edits' history goes to the
+    # user's data directory rather than beside ":memory:" in the working directory.
+    history = None if str(path) == MEMORY else path
+    return settings.model_copy(update={"db_path": history, "http_listen": listen})
 
 
 def _lang(value: str | None) -> str:
