@@ -134,6 +134,7 @@ class ReplyRenderer:
             severity = worst([severity, "high"])
         event = diagnosis.event
         variants = [v for k, v in entry.variants.items() if k in diagnosis.variants]
+        values = self._values(diagnosis.target)
         return {
             "alarm": alarm,
             "entry": entry,
@@ -147,7 +148,7 @@ class ReplyRenderer:
             "steps": [
                 {
                     "step": step,
-                    "commands": self.commands(step.commands, diagnosis.target),
+                    "commands": self._fill(step.commands, values),
                 }
                 for step in diagnosis.steps[:ALARM_STEPS]
             ],
@@ -178,6 +179,9 @@ class ReplyRenderer:
 
     def commands(self, commands: list[Command], target: Target) -> list[str]:
         """Fill the runbook commands with this alarm's checked target values."""
+        return self._fill(commands, self._values(target))
+
+    def _values(self, target: Target) -> dict[str, str]:
         blanks = PLACEHOLDERS[self.lang]
         given = {
             "domain": target.domain,
@@ -187,7 +191,9 @@ class ReplyRenderer:
             "stamp": target.stamp,
             "openid": target.openid,
         }
-        values = {name: value or blanks[name] for name, value in given.items()}
+        return {name: value or blanks[name] for name, value in given.items()}
+
+    def _fill(self, commands: list[Command], values: dict[str, str]) -> list[str]:
         key = tuple(values.values())
         out = []
         for command in commands:
