@@ -45,7 +45,7 @@ def generate(root: Path, entries: int) -> tuple[int, int, int]:
             f"      - id: look-{n}\n"
             f"        title: {{zh: 查看第 {n} 项, en: look at item {n}}}\n"
             f"        commands:\n"
-            f'          - run: "curl -sS {{{{ url }}}} | head -{n % 50 + 1}"\n'
+            f"          - run: \"curl -sS '{{{{ url }}}}' | head -{n % 50 + 1}\"\n"
             f"    related: [alarm_setup, gen_faq_{(n + 1) % faq:04d}]\n"
         )
     with (root / "faq.yaml").open("a", encoding="utf-8") as out:
