@@ -9,6 +9,7 @@ only decide which findings hold and with which values; their wording lives in
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from xml.etree import ElementTree
 
 from bot.alarm import Alarm
 from bot.knowledge import AlarmType, Knowledge, Step, normalize
+
+logger = logging.getLogger(__name__)
 
 SEVERITY_ORDER = ("info", "warning", "high", "critical")
 ESCALATING_TYPES = frozenset({"markfail", "ticket_timeout", "ticket_failure"})
@@ -67,6 +70,18 @@ class Diagnosis:
     def severity(self) -> str:
         """The entry's severity, raised by any finding that is worse."""
         return self.entry.severity
+
+
+def warn_unmatched(alarms: list[Alarm]) -> None:
+    """Log each alarm of no known type with a hint on how to teach it."""
+    for alarm in alarms:
+        if alarm.type == "unknown":
+            logger.warning(
+                "unmatched alarm content=%r: add a phrase group to `match` in "
+                "knowledge/alarms/<type>.yaml (nearest: %s)",
+                (alarm.content or "")[:80],
+                ", ".join(alarm.nearest) or "none",
+            )
 
 
 def diagnose(alarm: Alarm, knowledge: Knowledge) -> Diagnosis:

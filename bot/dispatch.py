@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from bot.alarm import Alarm, parse
 from bot.channels.base import Incoming, Reply
 from bot.commands import REGISTRY, CommandContext, CommandWorker, Work, answer
-from bot.diagnosis import Diagnosis, diagnose
+from bot.diagnosis import Diagnosis, diagnose, warn_unmatched
 from bot.errors import KnowledgeError
 from bot.kbcheck import load_checked
 from bot.kbedit import KnowledgeEditor
@@ -153,14 +153,7 @@ class Dispatcher:
         loaded = loaded or self._loaded
         alarms = parse(text, loaded.knowledge.matcher)
         diagnoses = [diagnose(alarm, loaded.knowledge) for alarm in alarms]
-        for alarm in alarms:
-            if alarm.type == "unknown":
-                logger.warning(
-                    "unmatched alarm content=%r: add a phrase group to `match` in "
-                    "knowledge/alarms/<type>.yaml (nearest: %s)",
-                    (alarm.content or "")[:80],
-                    ", ".join(alarm.nearest) or "none",
-                )
+        warn_unmatched(alarms)
         reply = loaded.renderer.alarm_reply(diagnoses) if diagnoses else ""
         return AlarmResult(alarms, diagnoses, reply)
 

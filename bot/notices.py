@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from bot.alarm import PLATFORM_TZ, Alarm
-from bot.diagnosis import diagnose
+from bot.diagnosis import diagnose, warn_unmatched
 from bot.knowledge import Knowledge
 from bot.outbox import Digest, SendFailure
 from bot.policy import Ack, Action, Decision, GroupState, Recovery, Silence
@@ -57,14 +57,7 @@ class NoticeWriter:
         full = [a for a, d in posted if d.action is Action.FULL]
         sections = []
         if full:
-            for alarm in full:
-                if alarm.type == "unknown":
-                    logger.warning(
-                        "unmatched alarm content=%r: add a phrase group to `match` in "
-                        "knowledge/alarms/<type>.yaml (nearest: %s)",
-                        (alarm.content or "")[:80],
-                        ", ".join(alarm.nearest) or "none",
-                    )
+            warn_unmatched(full)
             sections.append(
                 renderer.alarm_reply([diagnose(a, knowledge) for a in full])
             )
