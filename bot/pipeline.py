@@ -228,7 +228,9 @@ class AlarmPipeline:
             self._decide_all(incoming, alarms, [row], room, now)
 
     def close(self) -> None:
-        """Close the store."""
+        """Stop probes in flight, then close the store they would write to."""
+        if self.prober is not None:
+            self.prober.cancel()
         self.store.close()
 
     async def post(self, reply: Reply) -> None:
