@@ -508,7 +508,10 @@ class Outbox:
         try:
             # A hung gateway must not stall every room: a send that takes too
             # long counts as failed (and is retried).
-            await asyncio.wait_for(self.channel.say(reply), self.limits.send_timeout_s)
+            # NOTE: asyncio.timeout, not wait_for: on 3.11 wait_for wraps the send
+            # in a task of its own, a loop turn more on every message.
+            async with asyncio.timeout(self.limits.send_timeout_s):
+                await self.channel.say(reply)
         except Exception as exc:  # any transport failure is worth a retry
             self._note_send(key, room, now)
             self._retry_or_give_up(room, queued, now, exc)
@@ -603,7 +606,8 @@ class Outbox:
             if due is not None:
                 timeout = max(0.0, (due - self.clock.now()).total_seconds())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     async def join(self) -> None:
         """Wait until every queued message is sent or given up on (needs ``run``)."""
