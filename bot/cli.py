@@ -28,6 +28,13 @@ LANG_OPTION = click.option(
     default=None,
     help="Reply language (default: ALARM_BOT_LANG or zh).",
 )
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="ALARM_BOT_CONFIG",
+    help="YAML settings file; ALARM_BOT_* variables override it.",
+)
 KB_OPTION = click.option(
     "--knowledge",
     "knowledge_dir",
@@ -52,13 +59,7 @@ CONNECT_HINT = (
 
 
 @cli.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="ALARM_BOT_CONFIG",
-    help="YAML settings file; ALARM_BOT_* variables override it.",
-)
+@CONFIG_OPTION
 @click.option(
     "--db",
     "db_path",
@@ -361,13 +362,7 @@ def chat(
 
 @cli.command("replay")
 @click.argument("events", type=click.File("r", encoding="utf-8"))
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="ALARM_BOT_CONFIG",
-    help="YAML settings file to replay under; ALARM_BOT_* variables override it.",
-)
+@CONFIG_OPTION
 @click.option(
     "--db",
     "db_path",

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import json
-import sys
 import threading
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -18,10 +15,11 @@ from click.testing import CliRunner
 from bot.cli import cli
 from bot.probe import MessageCrypto, sign
 
+from .test_logscan import load_bench
+
 TOKEN = "cli-token-s3cret"
 APPID = "wxb11529c136998cb6"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
-ROOT = Path(__file__).resolve().parent.parent
 
 Answer = Callable[[str, dict[str, str], bytes], tuple[int, bytes]]
 
@@ -192,21 +190,6 @@ def test_probe_bad_settings_are_usage_errors(extra, message):
 
 
 # ---- logs
-
-
-def load_bench():
-    """The benchmark's log generator (shared with tests/test_logscan.py)."""
-    if "bench_logscan" in sys.modules:
-        return sys.modules["bench_logscan"]
-    spec = importlib.util.spec_from_file_location(
-        "bench_logscan", ROOT / "bench" / "bench_logscan.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_logscan"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

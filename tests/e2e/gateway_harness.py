@@ -74,6 +74,17 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def terminate(process: subprocess.Popen[Any], timeout: float) -> None:
+    """Stop ``process`` with SIGTERM, and SIGKILL if it hangs past ``timeout``."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+
 class Gateway:
     """One gateway process at a time on a fixed gRPC port, restartable."""
 
@@ -127,13 +138,7 @@ class Gateway:
         process, self.process = self.process, None
         if process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout)
+        terminate(process, timeout)
         if self._log is not None:
             self._log.close()
         return process.returncode
@@ -268,13 +273,7 @@ class BotProcess:
         process, self.process = self.process, None
         if process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout)
+        terminate(process, timeout)
         self._close_log()
         return process.returncode
 
