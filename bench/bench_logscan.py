@@ -218,7 +218,9 @@ def check(report: object, truth: Truth) -> list[str]:
 
 def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bot.knowledge import load_knowledge
     from bot.logscan import format_report, scan_logs
+    from bot.render import ReplyRenderer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="2G", help="log size, e.g. 200M, 2G, 10G")
@@ -227,6 +229,7 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, help="where to write (default: temp)")
     parser.add_argument("--keep", action="store_true", help="keep the files")
     parser.add_argument("--repeat", type=int, default=3, help="scans to time")
+    parser.add_argument("--lang", choices=("zh", "en"), default="zh", help="report")
     args = parser.parse_args()
 
     directory = args.dir or Path(tempfile.mkdtemp(prefix="bench-logscan-"))
@@ -260,7 +263,7 @@ def main() -> int:
         for problem in problems:
             print("  " + problem)
         print("---")
-        print(format_report(report))
+        print(format_report(report, ReplyRenderer(load_knowledge(), args.lang)))
         return 1 if problems else 0
     finally:
         if not args.keep and args.dir is None:

@@ -28,11 +28,13 @@ from typing import Any, Protocol
 from bot.alarm import PLATFORM_TZ
 from bot.channels.base import Reply
 from bot.commands import Work
+from bot.diagnosis import Finding
 from bot.host import HostSnapshot, ProcessFiles, assess, take_snapshot
-from bot.knowledge import AlarmType, Knowledge
+from bot.knowledge import FINDING_VARIABLES, AlarmType, Knowledge, is_alarmless
 from bot.outbox import Outgoing
 from bot.policy import Clock, Decision, GroupState
 from bot.probe import (
+    ADDRESS_KINDS,
     DEFAULT_LIMITS,
     MessageMode,
     ProbeLimits,
@@ -184,16 +186,15 @@ class ProbeWorker:
                 appid=appid,
                 appids=list(self.appids),
                 wait_s=0,
-                reason=refusal_text(exc),
+                address=exc.address,
+                kind=exc.kind,
             )
-        return renderer.render(
-            "probe", **probe_context(appid, result, renderer.knowledge)
-        )
+        return renderer.render("probe", **probe_context(appid, result, renderer))
 
     async def host_report(self, renderer: ReplyRenderer) -> str:
         """Read this host's state in a thread and render it (``host``)."""
         snapshot = await asyncio.to_thread(take_snapshot)
-        return renderer.render("host", **host_context(snapshot))
+        return renderer.render("host", **host_context(snapshot, renderer))
 
     def later(self, work: Work, reply: Reply) -> None:
         """Run ``work`` on the event loop and post its text as ``reply``."""
@@ -258,7 +259,7 @@ class ProbeWorker:
             return
         renderer = self._renderer()
         text = renderer.render(
-            "probe_followup", **followup_context(group, result, renderer.knowledge)
+            "probe_followup", **followup_context(group, result, renderer)
         )
         logger.info(
             "autoprobe room=%s appid=%s type=%s verdict=%s total_ms=%s",
@@ -377,39 +378,43 @@ def _prefixes(secret: str, least: int) -> str:
 # -------------------------------------------------------------- contexts
 
 
-def refusal_text(exc: TargetRefusedError) -> str:
-    """Why a target was refused, without the advice (the template gives it)."""
-    return str(exc).removeprefix("refused to probe: ").split(" (")[0]
-
-
 def probe_context(
-    appid: str, result: ProbeResult, knowledge: Knowledge
+    appid: str | None, result: ProbeResult, renderer: ReplyRenderer
 ) -> dict[str, object]:
-    """The context of ``probe``: the verdict, timings, answer and findings."""
+    """The context of ``probe``: the verdict, timings, answer and findings.
+
+    ``appid`` is None when the probe was not of a configured account (the
+    command line). ``outcome`` is the first finding, what the URL did;
+    ``findings`` are the others; both rendered in the renderer's language.
+    """
+    rendered = [renderer.finding(finding) for finding in result.findings]
     return {
         "appid": appid,
         "result": result,
-        "verdict": _verdict_entry(result, knowledge),
+        "verdict": _verdict_entry(result, renderer.knowledge),
         "body": shorten(result.body),
+        "outcome": rendered[0],
+        "findings": rendered[1:],
     }
 
 
 def followup_context(
-    group: GroupState, result: ProbeResult, knowledge: Knowledge
+    group: GroupState, result: ProbeResult, renderer: ReplyRenderer
 ) -> dict[str, object]:
     """The context of ``probe_followup``: whether the probe reproduced the alarm."""
     expected = REPRODUCED_BY.get(group.type)
     return {
         "appid": group.appid,
-        "entry": knowledge.alarm(group.type),
+        "entry": renderer.knowledge.alarm(group.type),
         "result": result,
-        "verdict": _verdict_entry(result, knowledge),
+        "verdict": _verdict_entry(result, renderer.knowledge),
         "reproduced": None if expected is None else result.verdict is expected,
+        "outcome": renderer.finding(result.outcome),
         "body": shorten(result.body),
     }
 
 
-def host_context(snapshot: HostSnapshot) -> dict[str, object]:
+def host_context(snapshot: HostSnapshot, renderer: ReplyRenderer) -> dict[str, object]:
     """The context of ``host``: the snapshot, sizes in GiB and what stands out."""
     return {
         "snapshot": snapshot,
@@ -422,8 +427,30 @@ def host_context(snapshot: HostSnapshot) -> dict[str, object]:
                 "swap_used",
             )
         },
-        "findings": list(assess(snapshot)),
+        "findings": [renderer.finding(finding) for finding in assess(snapshot)],
     }
+
+
+def probe_json(
+    result: ProbeResult, renderer: ReplyRenderer, appid: str | None = None
+) -> dict[str, object]:
+    """The ``probe --json`` object: the data, the findings and the reply as text.
+
+    ``findings`` holds the findings' texts in the renderer's language, what the
+    URL did first; ``finding_ids`` their ids, for machines.
+    """
+    data = result.to_json()
+    data["findings"] = [str(renderer.finding(f)["text"]) for f in result.findings]
+    data["reply"] = renderer.render("probe", **probe_context(appid, result, renderer))
+    return data
+
+
+def host_json(snapshot: HostSnapshot, renderer: ReplyRenderer) -> dict[str, object]:
+    """The ``host --json`` object: the snapshot, its findings and the reply."""
+    data = snapshot.to_json()
+    data["findings"] = [str(renderer.finding(f)["text"]) for f in assess(snapshot)]
+    data["reply"] = renderer.render("host", **host_context(snapshot, renderer))
+    return data
 
 
 def shorten(body: str | None, limit: int = BODY_CHARS) -> str | None:
@@ -439,17 +466,19 @@ def _verdict_entry(result: ProbeResult, knowledge: Knowledge) -> AlarmType | Non
     return None if result.is_ok else knowledge.alarm(result.verdict.value)
 
 
-def sample_contexts(knowledge: Knowledge) -> dict[str, list[dict[str, object]]]:
-    """Made-up contexts for each template here, one per branch, for ``kb check``."""
+def sample_contexts(renderer: ReplyRenderer) -> dict[str, list[dict[str, object]]]:
+    """Made-up contexts for each template here, one per branch, for ``kb check``.
+
+    One probe result carries every finding the probe and ``host`` may show, so
+    each wording is rendered the way those replies render it, without an alarm.
+    """
     appid = "wx0123456789abcdef"
+    port = Finding("url_bad_port", {"port": "8080", "url": "https://wx.example.com"})
     invalid = ProbeResult(
         verdict=Verdict.INVALID_RESPONSE,
-        headline='answered "success" with quotes',
         findings=(
-            "The body is '\"success\"': the platform wants the bare word success, "
-            "not a JSON or quoted string.",
-            "The URL uses port 8080: the platform only pushes to ports 80 (http) "
-            "and 443 (https).",
+            Finding("quoted_success", {"content": '"success"', "length": "9"}),
+            port,
         ),
         timings=Timings(dns=12, connect=20, first_byte=37, total=38),
         status=200,
@@ -461,16 +490,28 @@ def sample_contexts(knowledge: Knowledge) -> dict[str, list[dict[str, object]]]:
         mode=MessageMode.SAFE,
     )
     ok = dataclasses.replace(
-        invalid, verdict=Verdict.OK, headline='answered "success"', findings=()
+        invalid,
+        verdict=Verdict.OK,
+        findings=(Finding("probe_answered_success"),),
+        check="verify",
     )
     silent = dataclasses.replace(
         invalid,
         verdict=Verdict.CONNECT_TIMEOUT,
-        headline="did not accept the connection within 3 s",
+        findings=(Finding("probe_connect_timeout", {"limit": "3"}), port),
         timings=Timings(dns=12, total=3012),
         status=None,
         response_length=None,
         body=None,
+    )
+    knowledge = renderer.knowledge
+    every = dataclasses.replace(
+        invalid,
+        findings=tuple(
+            Finding(fid, {name: "x" for name in FINDING_VARIABLES[fid]})
+            for fid in knowledge.findings
+            if is_alarmless(fid)
+        ),
     )
     at = datetime(2014, 12, 1, 20, 12, tzinfo=PLATFORM_TZ)
     groups = [
@@ -496,17 +537,26 @@ def sample_contexts(knowledge: Knowledge) -> dict[str, list[dict[str, object]]]:
         load=(0.1, 0.1, 0.1),
         memory_available=6 * 2**30,
         system_files=None,
+        fd_limit=(65535, 65535),
         processes=(ProcessFiles("nginx", 1201, None, None),),
         tcp_states={},
-        tcp_error="cannot read TCP connections: access denied",
+        tcp_error="AccessDenied",
     )
-    refused = {"appid": appid, "appids": [appid], "wait_s": 42, "reason": ""}
+    refused = {
+        "appid": appid,
+        "appids": [appid],
+        "wait_s": 42,
+        "address": "",
+        "kind": "",
+    }
     return {
         "probe": [
-            probe_context(appid, result, knowledge) for result in (invalid, ok, silent)
+            probe_context(name, result, renderer)
+            for name in (appid, None)
+            for result in (invalid, ok, silent, every)
         ],
         "probe_followup": [
-            followup_context(group, result, knowledge)
+            followup_context(group, result, renderer)
             for group in groups
             for result in (invalid, ok, silent)
         ],
@@ -516,7 +566,12 @@ def sample_contexts(knowledge: Knowledge) -> dict[str, list[dict[str, object]]]:
             {**refused, "error": "unknown"},
             {**refused, "error": "unknown", "appids": []},
             {**refused, "error": "rate"},
-            {**refused, "error": "private", "reason": "10.0.0.5 is a private address"},
+            *(
+                {**refused, "error": "private", "address": "10.0.0.5", "kind": kind}
+                for kind in ADDRESS_KINDS
+            ),
+            {**refused, "error": "private", "kind": "bad_port"},
+            {**refused, "error": "private", "kind": "not_http"},
         ],
-        "host": [host_context(snapshot), host_context(quiet)],
+        "host": [host_context(snapshot, renderer), host_context(quiet, renderer)],
     }

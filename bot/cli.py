@@ -485,6 +485,8 @@ def main() -> None:
     "--allow-private", is_flag=True, help="Allow loopback and private addresses."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON contract.")
+@LANG_OPTION
+@KB_OPTION
 def probe_command(
     url: str,
     token: str,
@@ -496,12 +498,17 @@ def probe_command(
     public_dns: bool,
     allow_private: bool,
     as_json: bool,
+    lang: str | None,
+    knowledge_dir: Path | None,
 ) -> None:
     """Push a harmless event to URL as the platform does, and judge the answer.
 
-    Exits 0 when the platform would accept the answer, 1 otherwise.
+    Prints the reply the bot would post (--lang), or the JSON contract. Exits 0
+    when the platform would accept the answer, 1 otherwise.
     """
     from bot import probe
+    from bot.autoprobe import probe_context, probe_json
+    from bot.render import ReplyRenderer
 
     chosen = probe.MessageMode(mode or ("safe" if aes_key else "plain"))
     try:
@@ -518,10 +525,12 @@ def probe_command(
         )
     except probe.TargetRefusedError as exc:
         raise click.ClickException(str(exc)) from None
+    renderer = ReplyRenderer(_knowledge(knowledge_dir), _lang(lang))
     if as_json:
-        click.echo(json.dumps(result.to_json(), ensure_ascii=False, indent=2))
+        data = probe_json(result, renderer, appid)
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
     else:
-        click.echo(probe.format_result(result))
+        click.echo(renderer.render("probe", **probe_context(appid, result, renderer)))
     sys.exit(0 if result.is_ok else 1)
 
 
@@ -551,6 +560,8 @@ def probe_command(
     help="main, combined, or a log_format string (default: detect).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@LANG_OPTION
+@KB_OPTION
 def logs_command(
     access_logs: tuple[Path, ...],
     error_log: Path | None,
@@ -559,19 +570,24 @@ def logs_command(
     tz: str,
     log_format: str | None,
     as_json: bool,
+    lang: str | None,
+    knowledge_dir: Path | None,
 ) -> None:
     """Report what the nginx logs say in the alarm window.
 
     ACCESS_LOG files may be plain or gzip-rotated. The window starts at
     --around, the alarm's first failure; the window before it is the baseline.
+    What statuses and error-log lines mean comes from the knowledge base.
     """
     from bot import logscan
+    from bot.render import ReplyRenderer
 
     try:
         moment = logscan.parse_around(around, tz)
         span = logscan.parse_window(window)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    renderer = ReplyRenderer(_knowledge(knowledge_dir), _lang(lang))
     try:
         report = logscan.scan_logs(
             list(access_logs),
@@ -583,9 +599,9 @@ def logs_command(
     except logscan.LogScanError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
-        click.echo(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
+        click.echo(json.dumps(report.to_json(renderer), ensure_ascii=False, indent=2))
     else:
-        click.echo(logscan.format_report(report))
+        click.echo(logscan.format_report(report, renderer))
 
 
 @cli.command("host")
@@ -598,12 +614,26 @@ def logs_command(
     help="Processes whose open files are counted; repeat for more.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
-def host_command(process_names: tuple[str, ...], as_json: bool) -> None:
-    """Show load, memory, open files and TCP states of this host."""
-    from bot import host
+@LANG_OPTION
+@KB_OPTION
+def host_command(
+    process_names: tuple[str, ...],
+    as_json: bool,
+    lang: str | None,
+    knowledge_dir: Path | None,
+) -> None:
+    """Show load, memory, open files and TCP states of this host.
 
+    Prints the reply ``/host`` would post (--lang), or the snapshot as JSON.
+    """
+    from bot import host
+    from bot.autoprobe import host_context, host_json
+    from bot.render import ReplyRenderer
+
+    renderer = ReplyRenderer(_knowledge(knowledge_dir), _lang(lang))
     snapshot = host.take_snapshot(process_names=process_names)
     if as_json:
-        click.echo(json.dumps(snapshot.to_json(), ensure_ascii=False, indent=2))
+        data = host_json(snapshot, renderer)
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
     else:
-        click.echo(host.format_snapshot(snapshot))
+        click.echo(renderer.render("host", **host_context(snapshot, renderer)))

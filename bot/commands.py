@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,12 +22,15 @@ from bot.channels.base import Reply
 from bot.diagnosis import diagnose
 from bot.kbedit import KnowledgeEditor, kb_command
 from bot.knowledge import ALARM_TYPES, AlarmType, Knowledge, Row, Table, normalize
+from bot.logscan import status_row
 from bot.policy import DEFAULT_WINDOW_MINUTES, Ack, Silence, parse_duration
 from bot.render import ReplyRenderer
 from bot.search import KnowledgeSearch, Match
 from bot.store import AlarmStats, WindowCount
 
 logger = logging.getLogger(__name__)
+# An HTTP status in the words of /nginx: 3 digits, not part of a longer number.
+_STATUS_CODE = re.compile(r"(?<!\d)[1-5]\d\d(?!\d)")
 
 
 class AlarmDesk(Protocol):
@@ -264,6 +268,13 @@ def find_nginx_row(knowledge: Knowledge, words: str) -> tuple[Table, Row] | None
     if inside:
         _, table, row = max(inside, key=lambda item: item[0])
         return table, row
+    # A status without a row of its own ("501") is explained by its class (5xx).
+    status = _STATUS_CODE.search(words)
+    table = knowledge.table("nginx_status")
+    if status and table is not None:
+        by_class = status_row(knowledge, status.group())
+        if by_class is not None:
+            return table, by_class
     return None
 
 
@@ -440,7 +451,8 @@ def probe_command(ctx: CommandContext, argument: str) -> str:
             appid=words[0] if words else "",
             appids=appids,
             wait_s=wait_s,
-            reason="",
+            address="",
+            kind="",
         )
 
     if any(_looks_like_url(word) for word in words):

@@ -233,7 +233,8 @@ def _reply_body(alarm: Alarm) -> str | None:
     return body
 
 
-def _snippet(text: str, limit: int = 60) -> str:
+def snippet(text: str, limit: int = 60) -> str:
+    """The text on one line, cut to ``limit`` characters: a finding's ``snippet``."""
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
@@ -306,11 +307,16 @@ def _page_or_error(alarm: Alarm) -> Iterator[Finding]:
     stripped = body.strip()
     if _HTML_RE.search(stripped):
         title = _TITLE_RE.search(stripped)
-        yield Finding("html_page", {"title": _snippet(title["title"]) if title else ""})
+        yield Finding("html_page", {"title": snippet(title["title"]) if title else ""})
     elif stripped.startswith(("{", "[")) and stripped.endswith(("}", "]")):
-        yield Finding("json_body", {"snippet": _snippet(stripped)})
-    elif not stripped.startswith("<") and _ERROR_RE.search(stripped):
-        yield Finding("error_text", {"snippet": _snippet(stripped)})
+        yield Finding("json_body", {"snippet": snippet(stripped)})
+    elif not stripped.startswith("<") and looks_like_error(stripped):
+        yield Finding("error_text", {"snippet": snippet(stripped)})
+
+
+def looks_like_error(text: str) -> bool:
+    """True when ``text`` reads like an error message (exception, 500, ...)."""
+    return _ERROR_RE.search(text) is not None
 
 
 @detector
@@ -323,7 +329,7 @@ def _empty_reply(alarm: Alarm) -> Iterator[Finding]:
         if resp is not None and not resp.strip():
             yield Finding("pay_empty_ack")
         elif resp and "success" not in resp.lower():
-            yield Finding("pay_bad_ack", {"snippet": _snippet(resp)})
+            yield Finding("pay_bad_ack", {"snippet": snippet(resp)})
         return
     length = alarm.get("response_length")
     if (body is not None and not body.strip() and length in {None, "", "0"}) or (
@@ -355,17 +361,26 @@ _HTTP_FINDINGS = {404: "http_not_found", 405: "http_method", 403: "http_forbidde
 @detector
 def _http_code(alarm: Alarm) -> Iterator[Finding]:
     raw = (alarm.get("http code") or alarm.get("http_code") or "").strip()
-    if not raw.isdigit():
-        return
-    code = int(raw)
+    finding = http_finding(int(raw)) if raw.isdigit() else None
+    if finding is not None:
+        yield finding
+
+
+def http_finding(code: int) -> Finding | None:
+    """The finding for an HTTP status other than 2xx, or None for 1xx and 2xx.
+
+    The probe calls it too, so a status it sees reads as in an alarm reply.
+    """
+    values = {"code": str(code)}
     if code in _HTTP_FINDINGS:
-        yield Finding(_HTTP_FINDINGS[code], {"code": raw})
-    elif 300 <= code < 400:
-        yield Finding("http_redirect", {"code": raw})
-    elif 400 <= code < 500:
-        yield Finding("http_client_error", {"code": raw})
-    elif code >= 500:
-        yield Finding("http_server_error", {"code": raw})
+        return Finding(_HTTP_FINDINGS[code], values)
+    if 300 <= code < 400:
+        return Finding("http_redirect", values)
+    if 400 <= code < 500:
+        return Finding("http_client_error", values)
+    if code >= 500:
+        return Finding("http_server_error", values)
+    return None
 
 
 @detector
@@ -408,7 +423,7 @@ def _ticket_reply(alarm: Alarm) -> Iterator[Finding]:
         return
     body = _reply_body(alarm)
     if body is not None and body.strip() != "success":
-        yield Finding("ticket_reply", {"snippet": _snippet(body) or '""'})
+        yield Finding("ticket_reply", {"snippet": snippet(body) or '""'})
 
 
 def worst(severities: list[str]) -> str:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psutil
 
+from bot.diagnosis import Finding
+
 logger = logging.getLogger(__name__)
 
 FILE_NR = Path("/proc/sys/fs/file-nr")
@@ -60,7 +62,8 @@ class HostSnapshot:
         fd_limit: this process's (soft, hard) ``ulimit -n``.
         processes: the watched processes (nginx) with their open files.
         tcp_states: TCP connections per state, as netstat names them.
-        tcp_error: why the states could not be read, or None.
+        tcp_error: the name of the error that kept the states from being read
+            (``AccessDenied``), or None.
     """
 
     taken_at: float
@@ -77,10 +80,13 @@ class HostSnapshot:
     tcp_error: str | None
 
     def to_json(self) -> dict[str, object]:
-        """Return the ``--json`` object; ``reply`` is the human-readable text."""
+        """Return the data of the ``--json`` object, without the texts.
+
+        ``bot.autoprobe.host_json`` adds ``findings`` and ``reply``, rendered
+        in a language.
+        """
         data = dataclasses.asdict(self)
-        data["findings"] = list(assess(self))
-        data["reply"] = format_snapshot(self)
+        data["finding_ids"] = [finding.id for finding in assess(self)]
         return data
 
 
@@ -114,8 +120,8 @@ def _tcp_states() -> tuple[dict[str, int], str | None]:
     try:
         connections = psutil.net_connections(kind="tcp")
     except (psutil.Error, OSError) as exc:
-        logger.debug("cannot read TCP connections: %s", exc)
-        return {}, f"cannot read TCP connections: {exc}"
+        logger.debug("cannot read TCP connections: %r", exc)
+        return {}, type(exc).__name__
     counts = collections.Counter(c.status for c in connections)
     return dict(counts.most_common()), None
 
@@ -143,111 +149,65 @@ def _processes(names: Sequence[str]) -> tuple[ProcessFiles, ...]:
     return tuple(found)
 
 
-def assess(snapshot: HostSnapshot) -> tuple[str, ...]:
-    """Return what stands out in the snapshot, worst first; empty if nothing."""
-    findings: list[str] = []
+def assess(snapshot: HostSnapshot) -> tuple[Finding, ...]:
+    """Return what stands out in the snapshot, worst first; empty if nothing.
+
+    The findings are worded in ``knowledge/findings.yaml`` (``host_*``).
+    """
+    findings: list[Finding] = []
     one_minute = snapshot.load[0]
     if one_minute > snapshot.cpu_count:
-        findings.append(
-            f"Load {one_minute:.2f} is above the {snapshot.cpu_count} cores: "
-            "processes queue for the CPU, so answers slow down (request timeouts)."
-        )
+        load = {"load": f"{one_minute:.2f}", "cores": str(snapshot.cpu_count)}
+        findings.append(Finding("host_load_high", load))
     share = snapshot.memory_available / snapshot.memory_total
     if share < MEMORY_AVAILABLE_MIN:
-        swapping = ""
-        if snapshot.swap_used:
-            swapping = f", and {_size(snapshot.swap_used)} of swap is in use"
-        findings.append(f"Only {share:.0%} of memory is available{swapping}.")
+        swap = _gib(snapshot.swap_used) if snapshot.swap_used else ""
+        memory = {"percent": f"{share * 100:.0f}", "swap_used": swap}
+        findings.append(Finding("host_memory_low", memory))
     findings += _file_findings(snapshot)
     findings += _tcp_findings(snapshot.tcp_states)
     return tuple(findings)
 
 
-def _file_findings(snapshot: HostSnapshot) -> list[str]:
+def _file_findings(snapshot: HostSnapshot) -> list[Finding]:
     findings = []
     if snapshot.system_files is not None:
         used, maximum = snapshot.system_files
         if maximum and used / maximum > FILES_USED_MAX:
-            findings.append(
-                f"The system has {used} of {maximum} file handles open: raise "
-                "fs.file-max."
-            )
+            system = {"used": str(used), "maximum": str(maximum)}
+            findings.append(Finding("host_files_system", system))
     for process in snapshot.processes:
         if process.open_files is None or not process.limit:
             continue
         if process.open_files / process.limit > FILES_USED_MAX:
-            findings.append(
-                f"{process.name} {process.pid} has {process.open_files} of its "
-                f"{process.limit} files open: raise worker_rlimit_nofile."
-            )
+            files = {
+                "name": process.name,
+                "pid": str(process.pid),
+                "open_files": str(process.open_files),
+                "limit": str(process.limit),
+            }
+            findings.append(Finding("host_files_process", files))
     soft = snapshot.fd_limit[0]
     if 0 < soft < SMALL_NOFILE:
-        findings.append(
-            f"ulimit -n is {soft}: each connection takes a file, and the guide's "
-            f"example allows {GUIDE_NOFILE}."
-        )
+        nofile = {"soft": str(soft), "guide": str(GUIDE_NOFILE)}
+        findings.append(Finding("host_nofile_small", nofile))
     return findings
 
 
-def _tcp_findings(states: dict[str, int]) -> list[str]:
-    findings = []
-    if states.get("SYN_RECV", 0) > SYN_RECV_MAX:
-        findings.append(
-            f"{states['SYN_RECV']} connections wait in SYN_RECV: the accept queue "
-            "is full or a SYN flood is on; new connections time out."
-        )
-    if states.get("CLOSE_WAIT", 0) > CLOSE_WAIT_MAX:
-        findings.append(
-            f"{states['CLOSE_WAIT']} connections sit in CLOSE_WAIT: the application "
-            "does not close the sockets its peers closed (a leak)."
-        )
-    if states.get("TIME_WAIT", 0) > TIME_WAIT_MAX:
-        findings.append(
-            f"{states['TIME_WAIT']} connections in TIME_WAIT: many short "
-            "connections; use keepalive to the upstream."
-        )
-    return findings
+_TCP_FINDINGS = (
+    ("SYN_RECV", SYN_RECV_MAX, "host_syn_recv"),
+    ("CLOSE_WAIT", CLOSE_WAIT_MAX, "host_close_wait"),
+    ("TIME_WAIT", TIME_WAIT_MAX, "host_time_wait"),
+)
 
 
-def format_snapshot(snapshot: HostSnapshot) -> str:
-    """Return the human-readable snapshot (English for now).
-
-    NOTE: this is the one place of this text; it moves to knowledge/templates
-    with the chat command.
-    """
-    load = ", ".join(f"{value:.2f}" for value in snapshot.load)
-    soft, hard = snapshot.fd_limit
-    lines = [
-        f"load (1, 5, 15 min): {load} on {snapshot.cpu_count} cores",
-        f"memory: {_size(snapshot.memory_available)} available of "
-        f"{_size(snapshot.memory_total)}; swap {_size(snapshot.swap_used)} used of "
-        f"{_size(snapshot.swap_total)}",
-        f"open files: ulimit -n {soft} (hard {hard})"
-        + (
-            f"; system {snapshot.system_files[0]} of {snapshot.system_files[1]}"
-            if snapshot.system_files
-            else ""
-        ),
+def _tcp_findings(states: dict[str, int]) -> list[Finding]:
+    return [
+        Finding(finding_id, {"count": str(states[state])})
+        for state, most, finding_id in _TCP_FINDINGS
+        if states.get(state, 0) > most
     ]
-    lines += [
-        f"  {p.name} {p.pid}: {_known(p.open_files)} of {_known(p.limit)} files"
-        for p in snapshot.processes
-    ]
-    if snapshot.tcp_error:
-        lines.append(f"tcp: {snapshot.tcp_error}")
-    else:
-        counted = ", ".join(f"{k} {v}" for k, v in snapshot.tcp_states.items())
-        lines.append("tcp: " + (counted or "no connections"))
-    findings = assess(snapshot)
-    lines += [f"finding: {text}" for text in findings] or [
-        "finding: nothing stands out"
-    ]
-    return "\n".join(lines)
 
 
-def _known(value: int | None) -> str:
-    return "?" if value is None else str(value)
-
-
-def _size(count: int) -> str:
-    return f"{count / 2**30:.1f} GiB"
+def _gib(count: int) -> str:
+    return f"{count / 2**30:.1f}"

@@ -70,6 +70,8 @@ TEMPLATES = (
     "probe_refused",
     "probe_followup",
     "host",
+    "logs_item",
+    "logs",
 )
 T = TypeVar("T")
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -105,7 +107,7 @@ def _check_knowledge(
         knowledge = load_knowledge(root)
     except KnowledgeError as exc:
         return None, exc.problems
-    problems: list[str] = []
+    problems: list[str] = _check_log_rows(knowledge)
     prefix = knowledge.root.name
     for lang in LANGS:
         renderer = ReplyRenderer(knowledge, lang)
@@ -181,7 +183,10 @@ def _check_templates(
         **sample_contexts(knowledge),
         **_kb_samples(),
     }
-    probe_samples = _probe_samples(knowledge)
+    # The probe's contexts render the findings' wording: one that fails is
+    # named here, and the probe templates are then left unchecked.
+    where = f"{prefix}/findings.yaml"
+    probe_samples = _attempt(problems, where, _probe_samples, renderer) or {}
     for name in TEMPLATES:
         where = f"{prefix}/templates/{lang}/{name}.j2"
         if f"{lang}/{name}.j2" not in knowledge.templates:
@@ -191,6 +196,13 @@ def _check_templates(
         elif name == "kb_error":
             for details in KB_ERROR_SAMPLES:
                 _attempt(problems, where, renderer.render, name, **details)
+        elif name == "logs":
+            # NOTE: rechecked only when a template or a table it reads changes.
+            tables = tuple(map(knowledge.table, ("nginx_status", "nginx_errors")))
+            log_units = _Units(knowledge, renderer, limits)
+            problems += log_units.run(("logs",), tables, _check_logs)
+        elif name == "logs_item":
+            continue  # with "logs", which shows its texts
         else:
             for details in probe_samples.get(name, ()):
                 _attempt(problems, where, renderer.render, name, **details)
@@ -204,12 +216,57 @@ def _check_templates(
     return problems
 
 
-def _probe_samples(knowledge: Knowledge) -> dict[str, list[dict[str, object]]]:
+def _check_logs(units: _Units) -> list[str]:
+    """Every conclusion and note of ``alarm-bot logs`` has words; reports render."""
+    from bot import logscan
+
+    problems: list[str] = []
+    renderer, prefix = units.renderer, units.prefix
+    where = f"{prefix}/templates/{renderer.lang}/logs_item.j2"
+    for remark in logscan.SAMPLE_REMARKS:
+        text = _attempt(problems, where, logscan.render_remark, remark, renderer)
+        if text == "":
+            problems.append(f"{where}: no words for {remark.id!r}")
+    if problems:
+        # NOTE: the report shows these texts, so it would fail the same way.
+        return list(dict.fromkeys(problems))
+    where = f"{prefix}/templates/{renderer.lang}/logs.j2"
+    for report in logscan.sample_reports():
+        _attempt(problems, where, logscan.format_report, report, renderer)
+    return problems
+
+
+def _check_log_rows(knowledge: Knowledge) -> list[str]:
+    """The statuses ``alarm-bot logs`` explains each have a ``nginx_status`` row."""
+    from bot.logscan import REPORTED_STATUSES, status_row
+
+    reason = "alarm-bot logs explains them from this table"
+    table = knowledge.table("nginx_status")
+    if table is None:
+        where = _where(knowledge, knowledge.root / "reference")
+        return [f"{where}: no nginx_status table ({reason})"]
+    missing = [
+        status
+        for status in REPORTED_STATUSES
+        if status_row(knowledge, status, by_class=False) is None
+    ]
+    if not missing:
+        return []
+    path = table_path(knowledge.root, table.id)
+    node = yaml.compose(path.read_text(encoding="utf-8"), Loader=_Loader)
+    line = line_of(node, ("rows",))
+    return [
+        f"{_where(knowledge, path)}:{line}: rows: no row for "
+        f"{', '.join(missing)} ({reason})"
+    ]
+
+
+def _probe_samples(renderer: ReplyRenderer) -> dict[str, list[dict[str, object]]]:
     # NOTE: imported here: the probe pulls in httpx, dnspython, cryptography and
     # psutil, which the other commands that check the knowledge never need.
     from bot.autoprobe import sample_contexts as probe_sample_contexts
 
-    return probe_sample_contexts(knowledge)
+    return probe_sample_contexts(renderer)
 
 
 class _Units:

@@ -255,7 +255,8 @@ def normalize(text: str) -> str:
 # ---------------------------------------------------------------- loading
 
 # The values each finding's wording may use, as ``f.<name>``; the detectors in
-# ``diagnosis.py`` fill exactly these.
+# ``diagnosis.py``, the probe (``probe.py``) and the host check (``host.py``)
+# fill exactly these.
 FINDING_VARIABLES: dict[str, tuple[str, ...]] = {
     "quoted_success": ("content", "length"),
     "success_padded": ("content", "length"),
@@ -283,7 +284,85 @@ FINDING_VARIABLES: dict[str, tuple[str, ...]] = {
     "private_ip": ("ip",),
     "url_bad_port": ("port", "url"),
     "ticket_reply": ("snippet",),
+    # What the probe saw: the first finding of a probe is what the URL did.
+    "probe_answered_success": (),
+    "probe_answered_empty": (),
+    "probe_whitespace_body": ("length",),
+    "probe_answered_reply": ("msg_type",),
+    "probe_echoed_echostr": (),
+    "probe_bom": ("length",),
+    "probe_success_case": ("content",),
+    "probe_unexpected_body": ("snippet",),
+    "probe_http_status": ("code",),
+    "probe_xml_dtd": (),
+    "probe_xml_root": ("root",),
+    "probe_plain_in_safe": (),
+    "probe_encrypted_in_plain": (),
+    "probe_encrypt_fields": ("missing",),
+    "probe_undecryptable": ("reason", "appid"),
+    "probe_msg_signature": (),
+    "probe_malformed_inner": ("error",),
+    "probe_reply_to": ("to_user", "openid"),
+    "probe_reply_from": ("from_user", "account_id"),
+    "probe_reply_type": ("msg_type", "types"),
+    "probe_echostr_padded": ("length", "expected"),
+    "probe_echostr_missing": (),
+    "probe_request_timeout": ("limit",),
+    "probe_connect_timeout": ("limit",),
+    "probe_connection_refused": (),
+    "probe_tls_failed": ("error",),
+    "probe_unreachable": ("error",),
+    "probe_connect_failed": ("error",),
+    "probe_dns_failure": ("host", "resolver", "reason", "error"),
+    "probe_dns_slow": ("host", "resolver", "limit"),
+    "probe_public_dns_unreachable": ("resolver", "system"),
+    "probe_dns_mismatch": (
+        "resolver",
+        "addresses",
+        "public_resolver",
+        "public_addresses",
+    ),
+    "probe_body_truncated": ("limit",),
+    # What stands out on the bot's host (``/host``).
+    "host_load_high": ("load", "cores"),
+    "host_memory_low": ("percent", "swap_used"),
+    "host_files_system": ("used", "maximum"),
+    "host_files_process": ("name", "pid", "open_files", "limit"),
+    "host_nofile_small": ("soft", "guide"),
+    "host_syn_recv": ("count",),
+    "host_close_wait": ("count",),
+    "host_time_wait": ("count",),
 }
+# The findings the probe and the host check give where there is no alarm: their
+# wording may not use ``alarm``. Those shared with the error-sample detectors
+# are listed; every ``probe_*`` and ``host_*`` finding counts too.
+SHARED_WITH_PROBE = frozenset(
+    {
+        "quoted_success",
+        "success_padded",
+        "reply_not_swapped",
+        "echo_request",
+        "malformed_xml",
+        "html_page",
+        "json_body",
+        "error_text",
+        "network_error",
+        "http_not_found",
+        "http_method",
+        "http_forbidden",
+        "http_client_error",
+        "http_server_error",
+        "http_redirect",
+        "url_bad_port",
+    }
+)
+
+
+def is_alarmless(finding_id: str) -> bool:
+    """True when ``finding_id`` is also shown without an alarm (probe, host)."""
+    return finding_id in SHARED_WITH_PROBE or finding_id.startswith(("probe_", "host_"))
+
+
 COMMAND_PLACEHOLDERS = frozenset({"domain", "ip", "url", "port", "stamp", "openid"})
 _EMPTY = object()
 # libyaml's parser when PyYAML was built with it (the wheels are): ten times faster.
@@ -596,15 +675,26 @@ def _load_findings(path: Path, problems: Problems) -> dict[str, FindingText]:
             continue
         findings[finding.id] = finding
         allowed = set(FINDING_VARIABLES[finding.id])
+        alarmless = is_alarmless(finding.id)
+        names = {"f"} if alarmless else {"f", "alarm"}
         for field_name in ("text", "fix"):
             for lang in LANGS:
                 source = getattr(getattr(finding, field_name), lang)
                 loc = ("findings", index, field_name, lang)
-                for message in _template_problems(source, {"f", "alarm"}, allowed):
+                for message in _template_problems(source, names, allowed):
+                    if alarmless and message == _ALARM_PLACEHOLDER:
+                        message = _ALARMLESS_MESSAGE
                     problems.add(
                         path, line_of(node, loc), f"{format_loc(loc)}: {message}"
                     )
     return findings
+
+
+_ALARM_PLACEHOLDER = 'unknown placeholder "{{ alarm }}"'
+_ALARMLESS_MESSAGE = (
+    '"{{ alarm }}" is not available here: the probe and /host show this '
+    "finding without an alarm"
+)
 
 
 def _template_problems(

@@ -8,6 +8,11 @@ the start up to the end of the window, and the report says so.
 Three access-log formats are understood: the guide's ``main`` format (with
 ``request_time`` and the upstream fields), nginx's default ``combined``, and
 any ``log_format`` string given by the caller.
+
+The analysis speaks in codes: conclusions and notes are ``Remark`` ids with
+values. The words come from the knowledge base: what a status or an error-log
+line means from the ``nginx_status`` and ``nginx_errors`` tables, the rest from
+the ``logs`` and ``logs_item`` templates, in the reader's language.
 """
 
 from __future__ import annotations
@@ -24,9 +29,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import BinaryIO, NamedTuple, cast
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, cast
 
 from bot.errors import BotError
+from bot.knowledge import Knowledge, Row, normalize
+
+if TYPE_CHECKING:
+    from bot.render import ReplyRenderer
 
 MAIN_FORMAT = (
     '$remote_addr  - $remote_user [$time_local] "$request" '
@@ -48,33 +57,26 @@ NAMED_FORMATS = {"main": MAIN_FORMAT, "combined": COMBINED_FORMAT}
 PLATFORM_TIMEOUT = 5.0
 """Seconds the platform waits for an answer before it gives up."""
 
-STATUS_MEANINGS = {
-    "200": "OK",
-    "403": "forbidden: nginx access rules (allow/deny, a WAF) refuse the request",
-    "404": "not found: the URL path configured on the platform does not exist here",
-    "499": (
-        "the client closed the connection before the answer: the platform hangs up "
-        "after 5 s, so here it means answers slower than 5 s (the guide calls 499 "
-        "rare, a matter for the WeChat team)"
-    ),
-    "500": "the application failed while handling the request",
-    "502": "bad gateway: the backend is down or refused nginx's connection",
-    "503": "service unavailable: the backend is overloaded, or a limit rejected it",
-    "504": "gateway timeout: the backend did not answer nginx in time",
-}
-"""What the statuses mean for a callback URL (the guide's appendix 3)."""
+SLOW_UPSTREAM = 1.0
+"""upstream_response_time p95, in seconds, from which the backend is the slow part."""
+
+REPORTED_STATUSES = ("403", "404", "499", "500", "502", "503", "504")
+"""Statuses the conclusions explain from the ``nginx_status`` table; kb check
+requires a row (key or alias) for each."""
 
 ERROR_SIGNS = (
     ("connect_failed", "connect() failed"),
     ("refused", "Connection refused"),
     ("reset", "Connection reset by peer"),
-    ("timed_out", "timed out"),
+    ("timed_out", "Connection timed out"),
+    ("upstream_timed_out", "upstream timed out"),
     ("worker_connections", "worker_connections are not enough"),
     ("open_files", "Too many open files"),
     ("no_live_upstreams", "no live upstreams"),
     ("prematurely_closed", "upstream prematurely closed"),
 )
-"""Error-log strings that matter for alarms, as (key, text) pairs."""
+"""Error-log strings that matter for alarms, as (key, text) pairs; a text that
+is a key or alias of an ``nginx_errors`` row is explained by that row."""
 
 _TIME_FIELDS = ("time_local", "time_iso8601", "msec")
 _RECORD_FIELDS = (
@@ -648,6 +650,10 @@ def summarize_errors(
         total += 1
         text = raw.decode(errors="replace").rstrip()
         signs = [key for key, sign in ERROR_SIGNS if sign in text]
+        if "upstream_timed_out" in signs and "timed_out" in signs:
+            # NOTE: nginx writes "upstream timed out (110: Connection timed
+            # out)": one fault, the upstream's, not a connect timeout as well.
+            signs.remove("timed_out")
         counts.update(signs)
         if signs and len(samples) < 5:
             samples.append(_QUERY.sub("?…", text))
@@ -656,6 +662,24 @@ def summarize_errors(
 
 
 # ---- the report
+
+RemarkValue = int | float | str | bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class Remark:
+    """A conclusion or a note of the report, as a code and the values it names.
+
+    The wording is in the ``logs_item`` template, chosen by ``id``; the ids and
+    their values are listed in ``SAMPLE_REMARKS``.
+
+    Attributes:
+        id: what is concluded, e.g. ``timeouts`` or ``bad_gateway``.
+        values: the numbers and names the wording uses.
+    """
+
+    id: str
+    values: dict[str, RemarkValue] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -680,27 +704,34 @@ class LogReport:
     errors: ErrorSummary | None
     files: tuple[FileRead, ...]
     utc_offset: float
-    conclusions: tuple[str, ...]
-    notes: tuple[str, ...]
+    conclusions: tuple[Remark, ...]
+    notes: tuple[Remark, ...]
     elapsed_ms: float
 
-    def to_json(self) -> dict[str, object]:
-        """Return the ``--json`` object; ``reply`` is the human-readable text."""
+    def to_json(self, renderer: ReplyRenderer) -> dict[str, object]:
+        """Return the ``--json`` object, its texts in ``renderer``'s language.
+
+        ``meanings`` maps each status other than 200 to its meaning in the
+        knowledge, or null when the knowledge has no row for it; ``reply`` is
+        the text report.
+        """
+        knowledge, lang = renderer.knowledge, renderer.lang
+        meanings = {
+            code: row.meaning.get(lang) if row else None
+            for code, row in _status_rows(knowledge, self.window).items()
+        }
         return {
             "window": _stats_json(self.window, self.utc_offset),
             "baseline": _stats_json(self.baseline, self.utc_offset),
             "format": self.log_format,
-            "meanings": {
-                code: STATUS_MEANINGS[code]
-                for code in self.window.status
-                if code in STATUS_MEANINGS and code != "200"
-            },
+            "meanings": meanings,
             "errors": dataclasses.asdict(self.errors) if self.errors else None,
             "files": [dataclasses.asdict(read) for read in self.files],
-            "conclusions": list(self.conclusions),
-            "notes": list(self.notes),
+            "conclusions": render_remarks(self.conclusions, renderer),
+            "conclusion_ids": [remark.id for remark in self.conclusions],
+            "notes": render_remarks(self.notes, renderer),
             "elapsed_ms": round(self.elapsed_ms, 1),
-            "reply": format_report(self),
+            "reply": format_report(self, renderer),
         }
 
 
@@ -794,19 +825,14 @@ def _utc_offset(path: Path, fmt: LogFormat, around: datetime) -> float:
     return delta.total_seconds() if delta else 0.0
 
 
-def _read_notes(fmt: LogFormat, files: Sequence[FileRead]) -> tuple[str, ...]:
+def _read_notes(fmt: LogFormat, files: Sequence[FileRead]) -> tuple[Remark, ...]:
     notes = []
     if "request_time" not in fmt.fields:
-        notes.append(
-            f"The {fmt.name} format has no $request_time: no timing percentiles; "
-            "the guide's main format logs request_time and the upstream fields."
-        )
+        notes.append(Remark("no_request_time", {"format": fmt.name}))
     for read in files:
         if read.compressed:
-            notes.append(
-                f"{read.path} is gzip-compressed: it cannot seek, so "
-                f"{read.bytes_read / 1e6:.1f} MB were read from the start."
-            )
+            megabytes = round(read.bytes_read / 1e6, 1)
+            notes.append(Remark("gzip", {"path": read.path, "megabytes": megabytes}))
     return tuple(notes)
 
 
@@ -815,21 +841,17 @@ def _read_notes(fmt: LogFormat, files: Sequence[FileRead]) -> tuple[str, ...]:
 
 def conclude(
     window: WindowStats, baseline: WindowStats, errors: ErrorSummary | None
-) -> tuple[str, ...]:
+) -> tuple[Remark, ...]:
     """Return what the numbers support, the main conclusion first."""
-    minutes = round((window.end - window.start) / 60)
     if window.requests == 0:
         if baseline.requests:
-            return (
-                f"No request reached nginx in the window, after {baseline.requests} "
-                f"in the {minutes} minutes before: the platform could not reach "
-                "this server (DNS, network, firewall, a full accept queue), or "
-                "nginx stopped logging.",
-            )
-        return (
-            "No request in the window nor before it: is this the callback host's "
-            "log, and is the time zone right (--tz)?",
-        )
+            minutes = round((window.end - window.start) / 60)
+            values: dict[str, RemarkValue] = {
+                "baseline": baseline.requests,
+                "minutes": minutes,
+            }
+            return (Remark("no_requests", values),)
+        return (Remark("no_traffic"),)
     signs = errors.counts if errors else {}
     found = [
         *_exhaustion(signs),
@@ -847,99 +869,68 @@ def _significant(count: int, total: int) -> bool:
     return count >= 100 or (count >= 3 and count / total >= 0.01)
 
 
-def _exhaustion(signs: dict[str, int]) -> list[str]:
-    counted = [
-        f"{signs[key]} '{text}'"
-        for key, text in ERROR_SIGNS
-        if key in ("worker_connections", "open_files") and signs.get(key)
-    ]
-    if not counted:
+def _exhaustion(signs: dict[str, int]) -> list[Remark]:
+    connections, files = signs.get("worker_connections", 0), signs.get("open_files", 0)
+    if not connections and not files:
         return []
-    return [
-        f"nginx ran out of connections or file descriptors ({', '.join(counted)} "
-        "lines): raise worker_connections and worker_rlimit_nofile, and check "
-        "ulimit -n."
-    ]
+    values: dict[str, RemarkValue] = {
+        "worker_connections": connections,
+        "open_files": files,
+    }
+    return [Remark("exhausted", values)]
 
 
-def _timeouts(window: WindowStats) -> list[str]:
+def _timeouts(window: WindowStats) -> list[Remark]:
     abandoned = window.count("499")
     if not _significant(window.slow + abandoned, window.requests):
         return []
     upstream = window.upstream_time
-    where = ""
-    if upstream is not None and upstream.p95 >= 1.0:
-        where = (
-            f"; the time goes to the backend (upstream_response_time p95 "
-            f"{upstream.p95:.3f} s)"
-        )
-    elif upstream is not None:
-        where = (
-            f"; the backend answers fast (upstream_response_time p95 "
-            f"{upstream.p95:.3f} s), so the time is lost in nginx or the network"
-        )
-    share = window.slow / window.requests
-    return [
-        f"{window.slow} requests ({share:.0%}) took 5 s or longer and {abandoned} "
-        "ended in 499 (the client hung up first): the platform stops waiting "
-        f"after 5 s, so these are request timeouts{where}."
-    ]
+    values: dict[str, RemarkValue] = {
+        "slow": window.slow,
+        "share": window.slow / window.requests,
+        "abandoned": abandoned,
+        "upstream_p95": upstream.p95 if upstream else None,
+        "slow_upstream": upstream.p95 >= SLOW_UPSTREAM if upstream else None,
+    }
+    return [Remark("timeouts", values)]
 
 
-def _gateway(window: WindowStats, signs: dict[str, int]) -> list[str]:
+def _gateway(window: WindowStats, signs: dict[str, int]) -> list[Remark]:
     found = []
     bad_gateway = window.count("502")
     if _significant(bad_gateway, window.requests):
         refused = max(signs.get("connect_failed", 0), signs.get("refused", 0))
-        evidence = (
-            f" and the error log has {refused} 'connect() failed' / 'Connection "
-            "refused' lines"
-            if refused
-            else ""
-        )
-        found.append(
-            f"{bad_gateway} requests got 502{evidence}: the backend was down or "
-            "refused nginx's connections; the platform sees an invalid response."
-        )
-    timed_out = window.count("504")
-    if _significant(timed_out, window.requests):
-        found.append(
-            f"{timed_out} requests got 504: the backend did not answer nginx in "
-            "time; raise the backend's capacity or answer success at once."
-        )
-    for status in ("503", "500"):
-        count = window.count(status)
-        if _significant(count, window.requests):
-            found.append(f"{count} requests got {status}: {STATUS_MEANINGS[status]}.")
-    return found
+        values: dict[str, RemarkValue] = {
+            "status": "502",
+            "count": bad_gateway,
+            "refused": refused,
+        }
+        found.append(Remark("bad_gateway", values))
+    return found + _statuses(window, ("504", "503", "500"))
 
 
-def _client_errors(window: WindowStats) -> list[str]:
-    found = []
-    for status in ("404", "403"):
-        count = window.count(status)
-        if _significant(count, window.requests):
-            found.append(f"{count} requests got {status}: {STATUS_MEANINGS[status]}.")
-    return found
+def _client_errors(window: WindowStats) -> list[Remark]:
+    return _statuses(window, ("404", "403"))
 
 
-def _all_clear(window: WindowStats, signs: dict[str, int]) -> str:
-    timing = ""
-    if window.request_time is not None:
-        timing = f" with request_time p99 {window.request_time.p99:.3f} s"
-    reset = signs.get("reset", 0)
-    extra = (
-        f" The error log has {reset} 'Connection reset by peer' lines: clients "
-        "hung up mid-request."
-        if reset
-        else ""
-    )
-    return (
-        f"All {window.requests} requests were answered in time{timing}: nginx saw "
-        "no fault in this window. A DNS failure or connect timeout happens before "
-        "nginx, and an invalid response is in the body: probe the URL to see it."
-        + extra
-    )
+def _statuses(window: WindowStats, statuses: Sequence[str]) -> list[Remark]:
+    return [
+        Remark("status", {"status": status, "count": window.count(status)})
+        for status in statuses
+        if _significant(window.count(status), window.requests)
+    ]
+
+
+def _all_clear(window: WindowStats, signs: dict[str, int]) -> Remark:
+    timing = window.request_time
+    values: dict[str, RemarkValue] = {
+        "requests": window.requests,
+        # too few to be a finding, but not "all answered" either
+        "not_ok": window.requests - window.count("200"),
+        "p99": timing.p99 if timing else None,
+        "reset": signs.get("reset", 0),
+    }
+    return Remark("all_clear", values)
 
 
 # ---- text
@@ -985,94 +976,153 @@ def parse_zone(text: str) -> timezone:
     return timezone(sign * timedelta(hours=int(match[2]), minutes=int(match[3])))
 
 
-def format_report(report: LogReport) -> str:
-    """Return the human-readable report (English for now), conclusion last.
+# ---- the words: the knowledge's rows and the logs templates
 
-    NOTE: this is the one place of this text; it moves to knowledge/templates
-    with the chat command.
+
+def status_row(
+    knowledge: Knowledge, status: str, *, by_class: bool = True
+) -> Row | None:
+    """Return the ``nginx_status`` row that explains ``status``, or None.
+
+    A row names its statuses by key and aliases; with ``by_class``, a status
+    without a row of its own takes its class's (an alias ``3xx`` or ``5xx``).
     """
+    names = (status, f"{status[:1]}xx") if by_class else (status,)
+    return _find_row(knowledge, "nginx_status", names)
+
+
+def error_row(knowledge: Knowledge, text: str) -> Row | None:
+    """Return the ``nginx_errors`` row whose key or alias is ``text``, or None."""
+    return _find_row(knowledge, "nginx_errors", (text,))
+
+
+def _find_row(knowledge: Knowledge, table_id: str, names: Sequence[str]) -> Row | None:
+    table = knowledge.table(table_id)
+    if table is None:
+        return None
+    for name in filter(None, map(normalize, names)):
+        for row in table.rows:
+            if name in {normalize(n) for n in (row.key, *row.aliases)}:
+                return row
+    return None
+
+
+def _status_rows(knowledge: Knowledge, stats: WindowStats) -> dict[str, Row | None]:
+    # 200 is the one answer the platform accepts: every other status is told.
+    return {code: status_row(knowledge, code) for code in stats.status if code != "200"}
+
+
+def render_remark(remark: Remark, renderer: ReplyRenderer) -> str:
+    """Return the wording of one conclusion or note (empty if it has none).
+
+    A remark with a ``status`` value gets that status's row as ``row``.
+    """
+    status = remark.values.get("status")
+    row = status_row(renderer.knowledge, str(status)) if status else None
+    return renderer.render("logs_item", item=remark, row=row)
+
+
+def render_remarks(remarks: Iterable[Remark], renderer: ReplyRenderer) -> list[str]:
+    """Return the wording of each remark; its id where the template has none."""
+    # NOTE: kb check fails a template without words for an id, so the id shows
+    # only with a knowledge base that was never checked.
+    return [render_remark(remark, renderer) or remark.id for remark in remarks]
+
+
+def format_report(report: LogReport, renderer: ReplyRenderer) -> str:
+    """Return the text report in ``renderer``'s language, the conclusions last."""
+    return renderer.render("logs", **report_context(report, renderer))
+
+
+def report_context(report: LogReport, renderer: ReplyRenderer) -> dict[str, object]:
+    """Return the ``logs`` template's variables for ``report``."""
+    knowledge = renderer.knowledge
     zone = timezone(timedelta(seconds=report.utc_offset))
-    w, b = report.window, report.baseline
-    lines = [
-        f"window: {_clock(w.start, zone, full=True)} to {_clock(w.end, zone)} "
-        f"({report.log_format} format)",
-        f"requests: {w.requests} (the window before: {b.requests})",
-    ]
-    if w.requests:
-        lines += _stats_lines(w, b, zone)
-    if report.errors is not None:
-        lines += _error_lines(report.errors)
-    lines += [f"note: {note}" for note in report.notes]
-    read = ", ".join(
-        f"{Path(f.path).name} {f.bytes_read / 1e6:.1f} MB "
-        f"(seek {f.seek_ms:.0f} ms, read {f.read_ms:.0f} ms)"
-        for f in report.files
-    )
-    lines.append(f"read: {read}; {report.elapsed_ms:.0f} ms in all")
-    lines += [f"conclusion: {text}" for text in report.conclusions]
-    return "\n".join(lines)
+    statuses = _status_rows(knowledge, report.window)
+    return {
+        "window": _stats_view(report.window, zone),
+        "baseline": _stats_view(report.baseline, zone),
+        "zone": _zone_name(report.utc_offset),
+        "log_format": report.log_format,
+        "statuses": [
+            {"status": code, "count": report.window.status[code], "row": row}
+            for code, row in statuses.items()
+        ],
+        "errors": _errors_view(report.errors, knowledge) if report.errors else None,
+        "files": [
+            {
+                "name": Path(read.path).name,
+                "megabytes": read.bytes_read / 1e6,
+                "compressed": read.compressed,
+                "seek_ms": read.seek_ms,
+                "read_ms": read.read_ms,
+            }
+            for read in report.files
+        ],
+        "elapsed_ms": report.elapsed_ms,
+        "notes": render_remarks(report.notes, renderer),
+        "conclusions": render_remarks(report.conclusions, renderer),
+    }
 
 
-def _stats_lines(w: WindowStats, b: WindowStats, zone: timezone) -> list[str]:
-    lines = ["status: " + _counts(w.status)]
-    lines += [
-        f"  {code}: {STATUS_MEANINGS[code]}"
-        for code in w.status
-        if code in STATUS_MEANINGS and code != "200"
-    ]
-    if any(code != "-" for code in w.upstream_status):
-        lines.append("upstream status: " + _counts(w.upstream_status))
-    for label, now, before in (
-        ("request_time", w.request_time, b.request_time),
-        ("upstream_response_time", w.upstream_time, b.upstream_time),
-    ):
-        if now is not None:
-            was = f" (before: p95 {before.p95:.3f})" if before else ""
-            lines.append(f"{label} s: {_percentiles(now)}{was}")
-    if w.request_time is not None:
-        lines.append(f"5 s or slower: {w.slow}")
-    lines.append(
-        "per minute (requests/failed/slow): "
-        + ", ".join(
-            f"{_clock(m.minute, zone)[:5]} {m.requests}/{m.failed}/{m.slow}"
-            for m in w.per_minute
-        )
-    )
-    if w.slowest:
-        lines.append("slowest:")
-        lines += [
-            f"  {_clock(r.time, zone)} {r.request_time:.3f} s {r.status} upstream "
-            f"{r.upstream_status or '-'} {r.shown_request}"
-            for r in w.slowest
-        ]
-    return lines
+def _stats_view(stats: WindowStats, zone: timezone) -> dict[str, object]:
+    def moment(epoch: float) -> datetime:
+        return datetime.fromtimestamp(epoch, zone)
+
+    return {
+        "start": moment(stats.start),
+        "end": moment(stats.end),
+        "requests": stats.requests,
+        "status": stats.status,
+        "upstream_status": stats.upstream_status,
+        "has_upstream": any(code != "-" for code in stats.upstream_status),
+        "request_time": stats.request_time,
+        "upstream_time": stats.upstream_time,
+        "slow": stats.slow,
+        "slowest": [
+            {
+                "time": moment(r.time),
+                "request_time": r.request_time,
+                "status": r.status,
+                "upstream_status": r.upstream_status,
+                "request": r.shown_request,
+            }
+            for r in stats.slowest
+        ],
+        "per_minute": [
+            {
+                "minute": moment(m.minute),
+                "requests": m.requests,
+                "failed": m.failed,
+                "slow": m.slow,
+            }
+            for m in stats.per_minute
+        ],
+    }
 
 
-def _error_lines(errors: ErrorSummary) -> list[str]:
-    signs = dict(ERROR_SIGNS)
-    counted = ", ".join(f"'{signs[key]}' {n}" for key, n in errors.counts.items())
-    lines = [
-        f"error log: {errors.lines} lines in the window; "
-        + (counted or "none of the signs that matter")
-    ]
-    lines += [f"  {sample}" for sample in errors.samples]
-    return lines
+def _errors_view(errors: ErrorSummary, knowledge: Knowledge) -> dict[str, object]:
+    texts = dict(ERROR_SIGNS)
+    return {
+        "path": errors.path,
+        "lines": errors.lines,
+        "signs": [
+            {
+                "key": key,
+                "text": texts[key],
+                "count": count,
+                "row": error_row(knowledge, texts[key]),
+            }
+            for key, count in errors.counts.items()
+        ],
+        "samples": errors.samples,
+    }
 
 
-def _counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{key} {value}" for key, value in counts.items())
-
-
-def _percentiles(p: Percentiles) -> str:
-    return (
-        f"p50 {p.p50:.3f}, p90 {p.p90:.3f}, p95 {p.p95:.3f}, p99 {p.p99:.3f}, "
-        f"max {p.max:.3f}"
-    )
-
-
-def _clock(epoch: float, zone: timezone, *, full: bool = False) -> str:
-    moment = datetime.fromtimestamp(epoch, zone)
-    return moment.isoformat(sep=" ") if full else moment.strftime("%H:%M:%S")
+def _zone_name(offset: float) -> str:
+    minutes = round(offset / 60)
+    hours, minutes = divmod(abs(minutes), 60)
+    return f"UTC{'-' if offset < 0 else '+'}{hours:02d}:{minutes:02d}"
 
 
 def _stats_json(stats: WindowStats, offset: float) -> dict[str, object]:
@@ -1111,3 +1161,102 @@ def _stats_json(stats: WindowStats, offset: float) -> dict[str, object]:
             for m in stats.per_minute
         ],
     }
+
+
+# ---- samples, for kb check
+
+
+SAMPLE_REMARKS: tuple[Remark, ...] = (
+    Remark("no_requests", {"baseline": 1500, "minutes": 5}),
+    Remark("no_traffic"),
+    Remark("exhausted", {"worker_connections": 12, "open_files": 0}),
+    Remark("exhausted", {"worker_connections": 0, "open_files": 3}),
+    *(
+        Remark(
+            "timeouts",
+            {
+                "slow": 90,
+                "share": 0.15,
+                "abandoned": 88,
+                "upstream_p95": p95,
+                "slow_upstream": None if p95 is None else p95 >= SLOW_UPSTREAM,
+            },
+        )
+        for p95 in (6.1, 0.02, None)
+    ),
+    Remark("bad_gateway", {"status": "502", "count": 30, "refused": 30}),
+    Remark("bad_gateway", {"status": "502", "count": 30, "refused": 0}),
+    *(
+        Remark("status", {"status": status, "count": 12})
+        for status in (*REPORTED_STATUSES, "418")
+    ),
+    Remark("all_clear", {"requests": 200, "not_ok": 0, "p99": 0.05, "reset": 2}),
+    Remark("all_clear", {"requests": 200, "not_ok": 2, "p99": None, "reset": 0}),
+    Remark("no_request_time", {"format": "combined"}),
+    Remark("gzip", {"path": "/var/log/nginx/access.log.1.gz", "megabytes": 136.2}),
+)
+"""Every conclusion and note id, with values for each branch of its wording."""
+
+
+def sample_reports() -> tuple[LogReport, ...]:
+    """A busy and an empty made-up report, for kb check to render ``logs`` with.
+
+    The busy one has every section: a status with its own row, one with its
+    class's (304), one with none (418), every error-log sign and both notes.
+    """
+    start = calendar.timegm((2014, 12, 1, 12, 12, 0))
+    # (status, upstream status, seconds); None: no upstream answered
+    shapes: list[tuple[str, str | None, float]] = [
+        ("200", "200", 0.05),
+        ("499", None, 5.2),
+        ("502", "502", 0.001),
+        ("304", "304", 0.01),
+        ("418", "418", 0.01),
+        ("504", "504", 3.0),
+    ]
+    records = [
+        AccessRecord(
+            start - 150 + 10 * i,
+            status,
+            upstream,
+            took,
+            took,
+            "POST /wx?signature=x HTTP/1.1",
+            "10.0.0.12:8080",
+        )
+        for i in range(45)
+        for status, upstream, took in [shapes[i % len(shapes)]]
+    ]
+    errors = ErrorSummary(
+        "error.log",
+        {key: 2 for key, _ in ERROR_SIGNS},
+        ("2014/12/01 20:12:01 [error] 1#0: *1 connect() failed (111: refused)",),
+        40,
+    )
+    busy = LogReport(
+        window=summarize(records, start, start + 300),
+        baseline=summarize(records, start - 300, start),
+        log_format="main",
+        errors=errors,
+        files=(
+            FileRead("/var/log/nginx/access.log", False, 20_700_000, 0.2, 323.0),
+            FileRead("/var/log/nginx/error.log.1.gz", True, 136_000, 0.0, 9.0),
+        ),
+        utc_offset=8 * 3600,
+        conclusions=SAMPLE_REMARKS[4:6],
+        notes=tuple(r for r in SAMPLE_REMARKS if r.id in ("no_request_time", "gzip")),
+        elapsed_ms=418.0,
+    )
+    quiet = summarize([], start, start + 300)
+    empty = LogReport(
+        window=quiet,
+        baseline=summarize([], start - 300, start),
+        log_format="combined",
+        errors=None,
+        files=(FileRead("access.log", False, 0, 0.1, 0.1),),
+        utc_offset=0,
+        conclusions=(Remark("no_traffic"),),
+        notes=(),
+        elapsed_ms=0.3,
+    )
+    return busy, empty

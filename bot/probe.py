@@ -21,6 +21,7 @@ import base64
 import binascii
 import collections
 import enum
+import errno
 import functools
 import hashlib
 import ipaddress
@@ -44,6 +45,7 @@ import dns.resolver
 import httpx
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from bot.diagnosis import Finding, http_finding, looks_like_error, snippet
 from bot.errors import BotError
 
 logger = logging.getLogger(__name__)
@@ -95,24 +97,19 @@ _METADATA_ADDRESSES = frozenset(
     }
 )
 _SHARED_NETWORK = ipaddress.ip_network("100.64.0.0/10")
+ADDRESS_KINDS = (
+    "unspecified",
+    "loopback",
+    "cloud metadata",
+    "link-local",
+    "shared",
+    "multicast",
+    "reserved",
+    "private",
+    "not globally routable",
+)
+"""The kinds of address a probe refuses; ``probe_refused`` words each."""
 _URL_SAFE = "/?&=%:@!$'()*+,;~-._"
-
-_STATUS_MEANINGS = {
-    301: "a redirect: the platform does not follow redirects",
-    302: "a redirect: the platform does not follow redirects",
-    307: "a redirect: the platform does not follow redirects",
-    308: "a redirect: the platform does not follow redirects",
-    400: "the server rejected the request as malformed",
-    401: "the server wants authentication the platform never sends",
-    403: "access is forbidden: check allow/deny rules and the WAF for this path",
-    404: "the path does not exist: check the URL configured on the platform",
-    405: "the URL does not accept POST: the handler only serves GET",
-    413: "the server refuses the request body size",
-    500: "the application failed while handling the push",
-    502: "the proxy could not reach the application (down or refusing)",
-    503: "the service is unavailable (overloaded or in maintenance)",
-    504: "the proxy timed out waiting for the application",
-}
 
 
 class Verdict(enum.StrEnum):
@@ -134,24 +131,65 @@ class MessageMode(enum.StrEnum):
 
 
 class TargetRefusedError(BotError):
-    """The target URL is not allowed: bad scheme, or a non-public address."""
+    """The target URL is not allowed: bad scheme, or a non-public address.
+
+    Attributes:
+        address: the refused address, or "" when the URL itself is refused.
+        kind: what the address is (see ``ADDRESS_KINDS``), or why the URL is
+            refused: ``not_http`` or ``bad_port``.
+    """
+
+    def __init__(self, message: str, *, address: str = "", kind: str = "") -> None:
+        super().__init__(message)
+        self.address = address
+        self.kind = kind
 
 
 class MessageCryptoError(BotError):
-    """An encrypted message could not be decrypted or verified."""
+    """An encrypted message could not be decrypted or verified.
+
+    Attributes:
+        code: why, for findings: ``not_base64``, ``not_blocks``, ``bad_padding``,
+            ``bad_length``, ``other_appid`` or ``not_utf8``.
+        appid: the appid the message was encrypted for (``other_appid``), else "".
+    """
+
+    def __init__(self, message: str, code: str, appid: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.appid = appid
+
+
+_RESOLUTION_REASONS = {
+    "nxdomain": "NXDOMAIN: the name does not exist",
+    "no_address": "the name has no A or AAAA record",
+    "servfail": "the server failed to answer (SERVFAIL)",
+    "again": "a temporary failure (EAI_AGAIN)",
+    "timeout": "no answer in time",
+    "error": "the resolver failed",
+}
 
 
 class ResolutionError(BotError):
     """A resolver could not resolve a name.
 
     Attributes:
-        unreachable: True when the resolver itself did not answer, as opposed
-            to answering that the name does not exist.
+        code: why, for findings: ``nxdomain``, ``no_address``, ``servfail``,
+            ``again`` (a temporary failure), ``timeout`` (the resolver did not
+            answer) or ``error``.
+        detail: the system's error name (``EAI_...``) for ``error``, else "".
     """
 
-    def __init__(self, reason: str, *, unreachable: bool = False) -> None:
+    def __init__(self, code: str, detail: str = "") -> None:
+        reason = _RESOLUTION_REASONS[code] + (f" ({detail})" if detail else "")
         super().__init__(reason)
-        self.unreachable = unreachable
+        self.code = code
+        self.detail = detail
+
+    @property
+    def unreachable(self) -> bool:
+        """True when the resolver did not answer, rather than saying no."""
+        return self.code == "timeout"
 
 
 # ---- message crypto
@@ -218,26 +256,38 @@ class MessageCrypto:
         try:
             data = base64.b64decode(encrypted, validate=True)
         except binascii.Error:
-            raise MessageCryptoError("the Encrypt value is not base64") from None
+            raise MessageCryptoError(
+                "the Encrypt value is not base64", "not_base64"
+            ) from None
         if not data or len(data) % 16:
-            raise MessageCryptoError("the Encrypt value is not whole AES blocks")
+            raise MessageCryptoError(
+                "the Encrypt value is not whole AES blocks", "not_blocks"
+            )
         decryptor = self._cipher().decryptor()
         plain = decryptor.update(data) + decryptor.finalize()
         padding = plain[-1]
         if not 1 <= padding <= 32 or plain[-padding:] != bytes([padding]) * padding:
-            raise MessageCryptoError("bad padding after decryption: wrong key?")
+            raise MessageCryptoError(
+                "bad padding after decryption: wrong key?", "bad_padding"
+            )
         content = plain[16:-padding]
         (length,) = struct.unpack(">I", content[:4]) if len(content) >= 4 else (-1,)
         if not 0 <= length <= len(content) - 4:
-            raise MessageCryptoError("bad message length after decryption: wrong key?")
+            raise MessageCryptoError(
+                "bad message length after decryption: wrong key?", "bad_length"
+            )
         appid = content[4 + length :]
         if appid != self._appid:
-            shown = appid.decode(errors="replace")
-            raise MessageCryptoError(f"encrypted for appid {shown!r}, not ours")
+            shown = appid.decode(errors="replace")[:40]
+            raise MessageCryptoError(
+                f"encrypted for appid {shown!r}, not ours", "other_appid", shown
+            )
         try:
             return content[4 : 4 + length].decode()
         except UnicodeDecodeError:
-            raise MessageCryptoError("the decrypted message is not UTF-8") from None
+            raise MessageCryptoError(
+                "the decrypted message is not UTF-8", "not_utf8"
+            ) from None
 
     def _cipher(self) -> Cipher[modes.CBC]:
         return Cipher(algorithms.AES(self._key), modes.CBC(self._key[:16]))
@@ -252,12 +302,22 @@ def refusal_reason(address: str) -> str | None:
     Args:
         address: an IPv4 or IPv6 address as text.
     """
+    kind = refusal_kind(address)
+    return None if kind is None else f"{address} is a {kind} address"
+
+
+def refusal_kind(address: str) -> str | None:
+    """What kind of non-public address ``address`` is, or None if it is public.
+
+    The kinds: ``unspecified``, ``loopback``, ``cloud metadata``,
+    ``link-local``, ``shared``, ``multicast``, ``reserved``, ``private`` and
+    ``not globally routable``; the probe templates word each.
+    """
     ip = ipaddress.ip_address(address)
     if isinstance(ip, ipaddress.IPv6Address):
         # An IPv4 address inside IPv6 (mapped, 6to4) reaches that IPv4 address.
         ip = ip.ipv4_mapped or ip.sixtofour or ip
-    kind = _address_kind(ip)
-    return None if kind is None else f"{address} is a {kind} address"
+    return _address_kind(ip)
 
 
 def _address_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
@@ -286,10 +346,13 @@ def guard_addresses(addresses: tuple[str, ...], *, allow_private: bool) -> None:
     if allow_private:
         return
     for address in addresses:
-        reason = refusal_reason(address)
-        if reason is not None:
+        kind = refusal_kind(address)
+        if kind is not None:
             raise TargetRefusedError(
-                f"refused to probe: {reason} (allow private targets in settings)"
+                f"refused to probe: {address} is a {kind} address "
+                "(allow private targets in settings)",
+                address=address,
+                kind=kind,
             )
 
 
@@ -323,8 +386,25 @@ class SystemResolver:
         try:
             infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            raise ResolutionError(str(exc.strerror)) from None
+            code = _GAI_CODES.get(exc.errno or 0, "error")
+            detail = "" if code != "error" else _gai_name(exc.errno)
+            raise ResolutionError(code, detail) from None
         return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+_GAI_CODES = {
+    socket.EAI_NONAME: "nxdomain",
+    socket.EAI_AGAIN: "again",
+    socket.EAI_FAIL: "servfail",
+}
+_EAI_NODATA = getattr(socket, "EAI_NODATA", None)  # glibc: a name without address
+if _EAI_NODATA is not None:
+    _GAI_CODES[_EAI_NODATA] = "no_address"
+
+
+def _gai_name(number: int | None) -> str:
+    names = [n for n in dir(socket) if n.startswith("EAI_")]
+    return next((n for n in names if getattr(socket, n) == number), f"EAI {number}")
 
 
 class NameserverResolver:
@@ -348,13 +428,13 @@ class NameserverResolver:
         try:
             answer = await self._resolver.resolve_name(host)
         except dns.resolver.NXDOMAIN:
-            raise ResolutionError("NXDOMAIN: the name does not exist") from None
+            raise ResolutionError("nxdomain") from None
         except dns.resolver.NoAnswer:
-            raise ResolutionError("the name has no A or AAAA record") from None
+            raise ResolutionError("no_address") from None
         except dns.resolver.NoNameservers:
-            raise ResolutionError("the server failed to answer (SERVFAIL)") from None
+            raise ResolutionError("servfail") from None
         except dns.exception.Timeout:
-            raise ResolutionError("no answer in time", unreachable=True) from None
+            raise ResolutionError("timeout") from None
         return tuple(answer.addresses())
 
 
@@ -445,8 +525,8 @@ class ProbeResult:
 
     Attributes:
         verdict: the platform's judgement.
-        headline: what the URL did, as a clause after "the URL".
-        findings: the reasons and advice, one sentence each.
+        findings: what the URL did (always first, see ``outcome``), then the
+            reasons and notes; worded in ``knowledge/findings.yaml``.
         timings: the phase times.
         status: the HTTP status, or None without an answer.
         response_length: the body length in bytes, or None without an answer.
@@ -458,8 +538,7 @@ class ProbeResult:
     """
 
     verdict: Verdict
-    headline: str
-    findings: tuple[str, ...]
+    findings: tuple[Finding, ...]
     timings: Timings
     status: int | None
     response_length: int | None
@@ -474,38 +553,22 @@ class ProbeResult:
         """True when the platform would accept the answer."""
         return self.verdict is Verdict.OK
 
-    def summary(self, alarm_type: str | None = None) -> str:
-        """Return one line for an alarm reply.
-
-        Args:
-            alarm_type: the alarm's type; with it the line says whether the
-                probe reproduced the alarm.
-
-        Example: ``reproduced: the URL answered "success" with quotes in 38 ms``.
-        """
-        if alarm_type is None:
-            lead = self.verdict.value
-        elif self.verdict.value == alarm_type:
-            lead = "reproduced"
-        elif self.is_ok:
-            lead = "not reproduced"
-        else:
-            lead = f"not reproduced, found {self.verdict.value} instead"
-        return f"{lead}: {self.outcome}"
+    @property
+    def outcome(self) -> Finding:
+        """What the URL did: the first finding, the headline of a reply."""
+        return self.findings[0]
 
     @property
-    def outcome(self) -> str:
-        """What the URL did, with the time when it answered.
-
-        Example: ``the URL answered "success" with quotes in 38 ms``.
-        """
-        took = ""
-        if self.verdict in (Verdict.OK, Verdict.INVALID_RESPONSE):
-            took = f" in {self.timings.total} ms" if self.timings.total else ""
-        return f"the URL {self.headline}{took}"
+    def finding_ids(self) -> list[str]:
+        """The ids of the findings, in order: the codes for machines."""
+        return [finding.id for finding in self.findings]
 
     def to_json(self) -> dict[str, object]:
-        """Return the ``--json`` object; ``reply`` is the text the bot would post."""
+        """Return the data of the ``--json`` object, without the texts.
+
+        ``bot.autoprobe.probe_json`` adds ``findings`` and ``reply``, rendered
+        in a language.
+        """
         return {
             "verdict": self.verdict.value,
             "timings_ms": {
@@ -516,8 +579,7 @@ class ProbeResult:
             },
             "status": self.status,
             "response_length": self.response_length,
-            "findings": list(self.findings),
-            "reply": format_result(self),
+            "finding_ids": self.finding_ids,
             "body": self.body,
             "url": self.url,
             "address": self.address,
@@ -551,14 +613,12 @@ class Judgement:
 
     Attributes:
         verdict: the platform's judgement.
-        headline: what the URL did, as a clause after "the URL".
-        findings: reasons and advice.
+        findings: what the URL did first, then the reasons; never empty.
         body: the answer as text (decrypted in safe mode), shortened.
     """
 
     verdict: Verdict
-    headline: str
-    findings: tuple[str, ...] = ()
+    findings: tuple[Finding, ...]
     body: str | None = None
 
 
@@ -628,6 +688,11 @@ def _xml(fields: list[tuple[str, str]]) -> str:
 
 
 # ---- judging answers
+#
+# Each judgement gives findings, never sentences: an id and its values, worded
+# in knowledge/findings.yaml. Where the probe sees what an alarm's error sample
+# shows, it uses the same finding (``quoted_success``, ``http_not_found``, ...),
+# so a reproduced alarm reads the same in the follow-up as in the alarm reply.
 
 
 def judge_push(push: PushRequest, status: int, body: bytes) -> Judgement:
@@ -642,57 +707,36 @@ def judge_push(push: PushRequest, status: int, body: bytes) -> Judgement:
     text = body.decode(errors="replace")
     stripped = text.strip()
     shown = _excerpt(text)
+    length = str(len(body))
     if body.startswith(b"\xef\xbb\xbf"):
-        return _invalid(
-            "answered with a UTF-8 byte-order mark (BOM) before the body",
-            "Save the source files without BOM: the platform sees the extra bytes.",
-            body=shown,
-        )
+        return _invalid(Finding("probe_bom", {"length": length}), body=shown)
     if not stripped:
-        extra = () if not text else ("The body is only whitespace.",)
-        return Judgement(Verdict.OK, "answered an empty body", extra, shown)
+        if text:
+            return _ok(Finding("probe_whitespace_body", {"length": length}), shown)
+        return _ok(Finding("probe_answered_empty"), shown)
     if stripped == "success":
-        extra = ()
         if text != "success":
-            extra = (
-                f"The body is {text!r}: success with whitespace around it; "
-                "send the bare word to be safe.",
-            )
-        return Judgement(Verdict.OK, 'answered "success"', extra, shown)
+            padded = {"content": text, "length": length}
+            return _ok(Finding("success_padded", padded), shown)
+        return _ok(Finding("probe_answered_success"), shown)
     if body == push.body:
-        return _invalid(
-            "echoed the request back",
-            "The handler returns the pushed XML as is: answer success instead, "
-            "or a reply with ToUserName and FromUserName swapped.",
-            body=shown,
-        )
-    return _judge_text(push, stripped, shown)
+        return _invalid(Finding("echo_request"), body=shown)
+    return _judge_text(push, stripped, shown, length)
 
 
-def _judge_text(push: PushRequest, stripped: str, shown: str) -> Judgement:
+def _judge_text(push: PushRequest, stripped: str, shown: str, length: str) -> Judgement:
     if stripped.strip("\"'") == "success":
-        return _invalid(
-            'answered "success" with quotes',
-            f"The body is {stripped!r}: the platform wants the bare word success, "
-            "not a JSON or quoted string.",
-            body=shown,
-        )
+        quoted = {"content": stripped, "length": length}
+        return _invalid(Finding("quoted_success", quoted), body=shown)
     if stripped.lower() == "success":
         return _invalid(
-            f"answered {stripped!r}",
-            "The platform wants success in lower case.",
-            body=shown,
+            Finding("probe_success_case", {"content": stripped}), body=shown
         )
     lowered = stripped[:200].lower()
     if lowered.startswith(("<!doctype html", "<html")) or "<body" in lowered:
         title = re.search(r"<title[^>]*>([^<]*)</title>", stripped, re.IGNORECASE)
-        named = f" ({title.group(1).strip()})" if title else ""
-        return _invalid(
-            f"answered an HTML page{named}",
-            "An error page or a framework's default page came back instead of "
-            "success or a reply XML.",
-            body=shown,
-        )
+        named = snippet(title.group(1)) if title else ""
+        return _invalid(Finding("html_page", {"title": named}), body=shown)
     if stripped.startswith("<"):
         return _judge_xml(push, stripped, shown)
     if stripped.startswith(("{", "[")):
@@ -701,46 +745,24 @@ def _judge_text(push: PushRequest, stripped: str, shown: str) -> Judgement:
         except ValueError:
             pass
         else:
-            return _invalid(
-                "answered JSON",
-                f"The body is JSON ({_excerpt(stripped, 60)!r}): the platform "
-                "wants success or a reply XML.",
-                body=shown,
-            )
-    return _invalid(
-        f"answered {_excerpt(stripped, 60)!r}",
-        "The body is neither success, empty, nor a reply XML.",
-        body=shown,
-    )
+            json_body = Finding("json_body", {"snippet": snippet(stripped)})
+            return _invalid(json_body, body=shown)
+    kind = "error_text" if looks_like_error(stripped) else "probe_unexpected_body"
+    return _invalid(Finding(kind, {"snippet": snippet(stripped)}), body=shown)
 
 
 def _judge_xml(push: PushRequest, text: str, shown: str) -> Judgement:
     if "<!DOCTYPE" in text or "<!ENTITY" in text:
-        return _invalid(
-            "answered XML with a DTD",
-            "Reply XML never has a DOCTYPE.",
-            body=shown,
-        )
+        return _invalid(Finding("probe_xml_dtd"), body=shown)
     root = _parse_xml(text)
     if isinstance(root, str):
-        return _invalid(
-            "answered malformed XML", f"The XML does not parse: {root}.", body=shown
-        )
+        return _invalid(Finding("malformed_xml", {"error": root}), body=shown)
     if root.tag != "xml":
-        return _invalid(
-            f"answered XML with root <{root.tag}>",
-            "Reply XML must have the root <xml>.",
-            body=shown,
-        )
+        return _invalid(Finding("probe_xml_root", {"root": root.tag}), body=shown)
     if root.find("Encrypt") is not None:
         return _judge_encrypted(push, root, shown)
     if push.target.mode is MessageMode.SAFE:
-        return _invalid(
-            "answered a plain XML reply in safe mode",
-            "In safe mode a reply must be encrypted (Encrypt, MsgSignature, "
-            "TimeStamp, Nonce); only success and an empty body may stay plain.",
-            body=shown,
-        )
+        return _invalid(Finding("probe_plain_in_safe"), body=shown)
     return _judge_reply_fields(push.target, root, shown)
 
 
@@ -748,87 +770,54 @@ def _judge_encrypted(push: PushRequest, root: ET.Element, shown: str) -> Judgeme
     target = push.target
     crypto = target.crypto()
     if crypto is None:
-        return _invalid(
-            "answered an encrypted reply",
-            "The account is set up in plain mode here, but the server encrypts: "
-            "check the message mode and the EncodingAESKey.",
-            body=shown,
-        )
+        return _invalid(Finding("probe_encrypted_in_plain"), body=shown)
     values = {name: root.findtext(name) for name in ("Encrypt", "TimeStamp", "Nonce")}
     signature = root.findtext("MsgSignature")
     missing = [name for name, value in values.items() if not value]
     if missing or not signature:
         missing += [] if signature else ["MsgSignature"]
-        return _invalid(
-            "answered an encrypted reply without " + ", ".join(missing),
-            "An encrypted reply needs Encrypt, MsgSignature, TimeStamp and Nonce.",
-            body=shown,
-        )
+        fields = Finding("probe_encrypt_fields", {"missing": ", ".join(missing)})
+        return _invalid(fields, body=shown)
     encrypted = values["Encrypt"] or ""
     try:
         inner = crypto.decrypt(encrypted)
     except MessageCryptoError as exc:
-        return _invalid(
-            "answered a reply that cannot be decrypted",
-            f"Decrypting with the configured EncodingAESKey failed ({exc}): the "
-            "server uses another key or appid.",
-            body=shown,
-        )
+        failed = {"reason": exc.code, "appid": exc.appid}
+        return _invalid(Finding("probe_undecryptable", failed), body=shown)
     expected = sign(
         target.token, values["TimeStamp"] or "", values["Nonce"] or "", encrypted
     )
     if signature != expected:
-        return _invalid(
-            "answered a reply with a wrong MsgSignature",
-            "The reply's MsgSignature does not match: the server signs with "
-            "another Token.",
-            body=_excerpt(inner),
-        )
+        return _invalid(Finding("probe_msg_signature"), body=_excerpt(inner))
     inner_root = _parse_xml(inner)
     if isinstance(inner_root, str):
-        return _invalid(
-            "answered malformed XML inside the encryption",
-            f"The decrypted XML does not parse: {inner_root}.",
-            body=_excerpt(inner),
-        )
+        malformed = Finding("probe_malformed_inner", {"error": inner_root})
+        return _invalid(malformed, body=_excerpt(inner))
     return _judge_reply_fields(target, inner_root, _excerpt(inner))
 
 
 def _judge_reply_fields(target: ProbeTarget, root: ET.Element, shown: str) -> Judgement:
-    to_user = root.findtext("ToUserName")
-    from_user = root.findtext("FromUserName")
-    msg_type = root.findtext("MsgType")
+    to_user = root.findtext("ToUserName") or ""
+    from_user = root.findtext("FromUserName") or ""
+    msg_type = root.findtext("MsgType") or ""
     if to_user == target.account_id and from_user == target.openid:
         if msg_type == "event":
-            return _invalid(
-                "echoed the request back",
-                "The reply is the pushed event itself: answer success instead.",
-                body=shown,
-            )
-        return _invalid(
-            "answered a reply XML with To and From not swapped",
-            f"ToUserName must be the sender ({target.openid}) and FromUserName "
-            f"the account ({target.account_id}); the reply has them as received.",
-            body=shown,
-        )
+            return _invalid(Finding("echo_request"), body=shown)
+        users = {"to_user": to_user, "from_user": from_user}
+        return _invalid(Finding("reply_not_swapped", users), body=shown)
     problems = []
     if to_user != target.openid:
-        problems.append(
-            f"ToUserName is {to_user!r}, not the sender's openid {target.openid!r}."
-        )
+        to = {"to_user": to_user, "openid": target.openid}
+        problems.append(Finding("probe_reply_to", to))
     if from_user != target.account_id:
-        problems.append(
-            f"FromUserName is {from_user!r}, not the account {target.account_id!r}."
-        )
+        sender = {"from_user": from_user, "account_id": target.account_id}
+        problems.append(Finding("probe_reply_from", sender))
     if msg_type not in REPLY_MSG_TYPES:
-        problems.append(
-            f"MsgType is {msg_type!r}, not one of " + ", ".join(sorted(REPLY_MSG_TYPES))
-        )
+        types = {"msg_type": msg_type, "types": ", ".join(sorted(REPLY_MSG_TYPES))}
+        problems.append(Finding("probe_reply_type", types))
     if problems:
-        return _invalid(
-            "answered a reply XML the platform rejects", *problems, body=shown
-        )
-    return Judgement(Verdict.OK, f"answered a well-formed {msg_type} reply", (), shown)
+        return _invalid(*problems, body=shown)
+    return _ok(Finding("probe_answered_reply", {"msg_type": msg_type}), shown)
 
 
 def judge_verification(push: PushRequest, status: int, body: bytes) -> Judgement:
@@ -838,29 +827,20 @@ def judge_verification(push: PushRequest, status: int, body: bytes) -> Judgement
     text = body.decode(errors="replace")
     shown = _excerpt(text)
     if body == push.echostr.encode():
-        return Judgement(Verdict.OK, "echoed the echostr", (), shown)
+        return _ok(Finding("probe_echoed_echostr"), shown)
     if text.strip().lstrip("\ufeff") == push.echostr:
-        return _invalid(
-            "echoed the echostr with extra bytes around it",
-            f"The body is {text!r}: the platform compares it byte for byte "
-            "(watch for newlines and a UTF-8 BOM).",
-            body=shown,
-        )
-    return _invalid(
-        "did not echo the echostr",
-        "The handler did not return echostr: the signature check failed (is the "
-        "Token the same as on the platform?) or GET is not handled.",
-        body=shown,
-    )
+        sizes = {"length": str(len(body)), "expected": str(len(push.echostr))}
+        return _invalid(Finding("probe_echostr_padded", sizes), body=shown)
+    return _invalid(Finding("probe_echostr_missing"), body=shown)
 
 
 def _judge_status(status: int, body: bytes) -> Judgement:
-    meaning = _STATUS_MEANINGS.get(status, "the platform only accepts HTTP 200")
-    return _invalid(
-        f"answered HTTP {status}",
-        f"http code={status}: {meaning}.",
-        body=_excerpt(body.decode(errors="replace")),
+    # The same findings as an alarm's ``http code``; 1xx and 2xx other than
+    # 200 have none there, since the platform only accepts 200.
+    finding = http_finding(status) or Finding(
+        "probe_http_status", {"code": str(status)}
     )
+    return _invalid(finding, body=_excerpt(body.decode(errors="replace")))
 
 
 def _parse_xml(text: str) -> ET.Element | str:
@@ -873,8 +853,12 @@ def _parse_xml(text: str) -> ET.Element | str:
         return str(exc)
 
 
-def _invalid(headline: str, *findings: str, body: str | None) -> Judgement:
-    return Judgement(Verdict.INVALID_RESPONSE, headline, findings, body)
+def _ok(finding: Finding, body: str) -> Judgement:
+    return Judgement(Verdict.OK, (finding,), body)
+
+
+def _invalid(*findings: Finding, body: str | None) -> Judgement:
+    return Judgement(Verdict.INVALID_RESPONSE, findings, body)
 
 
 def _excerpt(text: str, limit: int = 500) -> str:
@@ -912,11 +896,15 @@ def _parse_url(url: str) -> _Url:
     parts = urllib.parse.urlsplit(url)
     # The messages leave the URL out: a configured URL may carry a secret.
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise TargetRefusedError("refused to probe: not an http(s) URL with a host")
+        raise TargetRefusedError(
+            "refused to probe: not an http(s) URL with a host", kind="not_http"
+        )
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise TargetRefusedError("refused to probe: the URL has a bad port") from None
+        raise TargetRefusedError(
+            "refused to probe: the URL has a bad port", kind="bad_port"
+        ) from None
     netloc = parts.netloc.rpartition("@")[2]
     return _Url(
         parts.scheme, parts.hostname, port, parts.path or "/", parts.query, netloc
@@ -966,11 +954,8 @@ async def _exchange(
         except httpx.ConnectError as exc:
             failure = _connect_failure(exc)
         except httpx.TransportError as exc:
-            failure = _invalid(
-                "broke the connection without a full HTTP answer",
-                f"Network error while reading the answer: {exc or type(exc).__name__}.",
-                body=None,
-            )
+            logger.debug("probe read failed: %r", exc)
+            failure = _invalid(Finding("network_error"), body=None)
         ended = time.perf_counter()
 
     # Count from the connect itself: the first probe in a process also loads
@@ -1031,24 +1016,10 @@ def _push_headers(url: _Url, push: PushRequest) -> dict[str, str]:
 
 def _timeout_failure(connected: bool, limits: ProbeLimits) -> Judgement:
     if connected:
-        return Judgement(
-            Verdict.REQUEST_TIMEOUT,
-            f"did not answer within {limits.total:g} s",
-            (
-                f"The connection was accepted but no full answer came within "
-                f"{limits.total:g} s: the handler is too slow. Answer success at "
-                "once and do the work asynchronously.",
-            ),
-        )
-    return Judgement(
-        Verdict.CONNECT_TIMEOUT,
-        f"did not accept the connection within {limits.connect:g} s",
-        (
-            f"Connecting timed out after {limits.connect:g} s: the host is "
-            "overloaded (full accept queue), a firewall drops the packets, or the "
-            "IP is wrong.",
-        ),
-    )
+        waited = Finding("probe_request_timeout", {"limit": f"{limits.total:g}"})
+        return Judgement(Verdict.REQUEST_TIMEOUT, (waited,))
+    connecting = Finding("probe_connect_timeout", {"limit": f"{limits.connect:g}"})
+    return Judgement(Verdict.CONNECT_TIMEOUT, (connecting,))
 
 
 def _connect_failure(exc: httpx.ConnectError) -> Judgement:
@@ -1063,26 +1034,17 @@ def _connect_failure(exc: httpx.ConnectError) -> Judgement:
         (e for e in chain if isinstance(e, OSError) and e.errno is not None), None
     )
     if isinstance(cause, ConnectionRefusedError):
-        headline, finding = (
-            "refused the connection",
-            "Connection refused: nothing listens on that port (the web server is "
-            "down, or the port is wrong).",
-        )
+        finding = Finding("probe_connection_refused")
     elif isinstance(cause, ssl.SSLError):
-        headline, finding = (
-            "failed the TLS handshake",
-            f"TLS handshake failed: {cause.reason or cause}; check the certificate "
-            "chain and that it matches the domain.",
-        )
+        reason = cause.reason or type(cause).__name__
+        finding = Finding("probe_tls_failed", {"error": reason})
     elif isinstance(cause, OSError) and cause.errno is not None:
-        headline, finding = (
-            "was unreachable",
-            f"Could not connect: {cause.strerror} (the network has no route to "
-            "the host).",
-        )
+        name = errno.errorcode.get(cause.errno, str(cause.errno))
+        finding = Finding("probe_unreachable", {"error": name})
     else:
-        headline, finding = ("could not be connected to", f"Could not connect: {exc}.")
-    return Judgement(Verdict.CONNECT_TIMEOUT, headline, (finding,))
+        logger.debug("probe connect failed: %r", exc)
+        finding = Finding("probe_connect_failed", {"error": type(chain[-1]).__name__})
+    return Judgement(Verdict.CONNECT_TIMEOUT, (finding,))
 
 
 # ---- resolution
@@ -1092,7 +1054,7 @@ def _connect_failure(exc: httpx.ConnectError) -> Judgement:
 class _Resolution:
     addresses: tuple[str, ...]
     failure: Judgement | None
-    notes: tuple[str, ...]
+    notes: tuple[Finding, ...]
     elapsed_ms: int
 
 
@@ -1115,24 +1077,24 @@ async def _resolve(
         _resolve_one(public_resolver, host, limit),
     )
     elapsed = round((time.perf_counter() - started) * 1000)
-    notes: list[str] = []
+    notes: list[Finding] = []
     failure: Judgement | None = None
     if isinstance(primary, ResolutionError):
         failure = _dns_failure(host, resolver.name, primary, limit)
     public_name = public_resolver.name if public_resolver else ""
     if isinstance(public, ResolutionError) and public.unreachable:
-        notes.append(
-            f"The public resolver {public_name} did not answer from here, so only "
-            "the system resolver was checked."
-        )
+        silent = {"resolver": public_name, "system": resolver.name}
+        notes.append(Finding("probe_public_dns_unreachable", silent))
     elif isinstance(public, ResolutionError):
         failure = failure or _dns_failure(host, public_name, public, limit)
     elif public and isinstance(primary, tuple) and set(public) != set(primary):
-        notes.append(
-            f"The system resolver answers {', '.join(primary)} but {public_name} "
-            f"answers {', '.join(public)}: the platform may connect elsewhere; "
-            "check the domain's records."
-        )
+        answers = {
+            "resolver": resolver.name,
+            "addresses": ", ".join(primary),
+            "public_resolver": public_name,
+            "public_addresses": ", ".join(public),
+        }
+        notes.append(Finding("probe_dns_mismatch", answers))
     addresses = primary if isinstance(primary, tuple) else ()
     return _Resolution(addresses, failure, tuple(notes), elapsed)
 
@@ -1146,7 +1108,7 @@ async def _resolve_one(
         async with asyncio.timeout(limit):
             addresses = await resolver.resolve(host)
     except TimeoutError:
-        return ResolutionError(f"no answer within {limit:g} s", unreachable=True)
+        return ResolutionError("timeout")
     except ResolutionError as exc:
         return exc
     logger.debug("resolved host=%s via=%s addresses=%s", host, resolver.name, addresses)
@@ -1156,17 +1118,16 @@ async def _resolve_one(
 def _dns_failure(
     host: str, resolver: str, exc: ResolutionError, limit: float
 ) -> Judgement:
-    finding = f"The {resolver} resolver cannot resolve {host}: {exc}."
     if exc.unreachable:
-        finding = (
-            f"Resolving {host} via {resolver} took longer than {limit:g} s (the "
-            "platform's DNS timeout)."
-        )
-    return Judgement(
-        Verdict.DNS_FAILURE,
-        f"could not be resolved ({exc})",
-        (finding, "Check the domain in the URL, and that it has not expired."),
-    )
+        slow = {"host": host, "resolver": resolver, "limit": f"{limit:g}"}
+        return Judgement(Verdict.DNS_FAILURE, (Finding("probe_dns_slow", slow),))
+    failed = {
+        "host": host,
+        "resolver": resolver,
+        "reason": exc.code,
+        "error": exc.detail,
+    }
+    return Judgement(Verdict.DNS_FAILURE, (Finding("probe_dns_failure", failed),))
 
 
 # ---- public API
@@ -1260,13 +1221,14 @@ async def _run(
         total=exchange.timings.total,
     )
     if exchange.failure is not None or exchange.status is None:
-        judgement = exchange.failure or _invalid("gave no answer", body=None)
+        judgement = exchange.failure or _invalid(Finding("network_error"), body=None)
         result = _result(push, url, check, judgement, timings, None, address, notes)
         return _logged(result)
 
     judgement = judge(push, exchange.status, exchange.body)
     if exchange.truncated:
-        notes += (f"Only the first {limits.max_body} bytes of the answer were read.",)
+        read = {"limit": str(limits.max_body)}
+        notes += (Finding("probe_body_truncated", read),)
     length = len(exchange.body)
     result = _result(
         push, url, check, judgement, timings, length, address, notes, exchange.status
@@ -1274,13 +1236,11 @@ async def _run(
     return _logged(result)
 
 
-def _port_notes(url: _Url) -> tuple[str, ...]:
+def _port_notes(url: _Url) -> tuple[Finding, ...]:
+    # The same finding as a 3rdUrl with another port in an alarm.
     if url.port in (80, 443):
         return ()
-    return (
-        f"The URL uses port {url.port}: the platform only pushes to ports 80 "
-        "(http) and 443 (https).",
-    )
+    return (Finding("url_bad_port", {"port": str(url.port), "url": url.shown}),)
 
 
 def _result(
@@ -1291,12 +1251,11 @@ def _result(
     timings: Timings,
     length: int | None,
     address: str | None,
-    notes: tuple[str, ...],
+    notes: tuple[Finding, ...],
     status: int | None = None,
 ) -> ProbeResult:
     return ProbeResult(
         verdict=judgement.verdict,
-        headline=judgement.headline,
         findings=judgement.findings + notes,
         timings=timings,
         status=status,
@@ -1311,10 +1270,11 @@ def _result(
 
 def _logged(result: ProbeResult) -> ProbeResult:
     logger.info(
-        "probe check=%s url=%s verdict=%s status=%s total_ms=%s",
+        "probe check=%s url=%s verdict=%s findings=%s status=%s total_ms=%s",
         result.check,
         result.url,
         result.verdict.value,
+        ",".join(result.finding_ids),
         result.status,
         result.timings.total,
     )
@@ -1371,37 +1331,3 @@ class RateLimiter:
         if len(queue) < limit:
             return 0.0
         return queue[0] + self._period - now
-
-
-# ---- text
-
-
-def format_result(result: ProbeResult) -> str:
-    """Return the human-readable report of one probe (English for now).
-
-    NOTE: this is the one place of this text; it moves to knowledge/templates
-    with the chat command.
-    """
-    what = "POST of an event" if result.check == "push" else "verification GET"
-    t = result.timings
-    phases = [
-        f"{name} {value} ms"
-        for name, value in (
-            ("dns", t.dns),
-            ("connect", t.connect),
-            ("first byte", t.first_byte),
-            ("total", t.total),
-        )
-        if value is not None
-    ]
-    lines = [
-        f"probe: {what} to {result.url} ({result.mode.value} mode)",
-        f"verdict: {result.verdict.value}: {result.outcome}",
-        "timings: " + (", ".join(phases) or "none"),
-    ]
-    if result.status is not None:
-        lines.append(f"answer: HTTP {result.status}, {result.response_length} bytes")
-    lines += [f"- {finding}" for finding in result.findings]
-    if result.body:
-        lines.append(f"body: {_excerpt(result.body, 200)!r}")
-    return "\n".join(lines)

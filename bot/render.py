@@ -166,10 +166,17 @@ class ReplyRenderer:
             "target": diagnosis.target,
         }
 
-    def finding(self, finding: Finding, diagnosis: Diagnosis) -> dict[str, object]:
-        """Render one finding's text and fix."""
+    def finding(
+        self, finding: Finding, diagnosis: Diagnosis | None = None
+    ) -> dict[str, object]:
+        """Render one finding's text and fix.
+
+        Without ``diagnosis`` (the probe, ``host``) the wording has no alarm;
+        ``kb check`` makes sure such findings do not use it.
+        """
         wording = self.knowledge.findings[finding.id]
-        context = {"f": finding.values, "alarm": diagnosis.alarm}
+        alarm = diagnosis.alarm if diagnosis is not None else None
+        context = {"f": finding.values, "alarm": alarm}
         return {
             "id": finding.id,
             "severity": wording.severity,

@@ -20,6 +20,7 @@ from bot.autoprobe import (
     shorten,
 )
 from bot.channels.base import Incoming, Reply
+from bot.diagnosis import Finding
 from bot.dispatch import Dispatcher
 from bot.knowledge import Knowledge
 from bot.outbox import Outgoing
@@ -114,6 +115,11 @@ async def test_one_probe_serves_every_group_of_an_account(
     assert "自动探测：已复现" in first.text()
     assert second.types == ("request_timeout",)
     assert "自动探测：未复现，但发现了回应失败" in second.text()
+    # The alarm reply's own words for a quoted "success", on the second line.
+    for item in (first, second):
+        line = item.text().splitlines()[1]
+        assert line.startswith('回包是带双引号的 "success"（9 字节）')
+        assert line.endswith(f"完整结果：/probe {APPID}")
 
 
 async def test_a_later_window_probes_again(knowledge, outbox, clock, serve) -> None:
@@ -281,23 +287,32 @@ def test_shorten_keeps_one_line_and_cuts_long_bodies() -> None:
 
 
 @pytest.mark.parametrize(
-    ("alarm_type", "verdict", "reproduced"),
+    ("alarm_type", "verdict", "reproduced", "zh"),
     [
-        ("invalid_response", Verdict.INVALID_RESPONSE, True),
-        ("dns_timeout", Verdict.DNS_FAILURE, True),
-        ("request_timeout", Verdict.OK, False),
-        ("connect_timeout", Verdict.REQUEST_TIMEOUT, False),
-        ("markfail", Verdict.INVALID_RESPONSE, None),
+        ("invalid_response", Verdict.INVALID_RESPONSE, True, "自动探测：已复现（"),
+        ("dns_timeout", Verdict.DNS_FAILURE, True, "自动探测：已复现（"),
+        ("request_timeout", Verdict.OK, False, "未复现，URL 现在回应正常（"),
+        (
+            "connect_timeout",
+            Verdict.REQUEST_TIMEOUT,
+            False,
+            "未复现，但发现了请求超时（",
+        ),
+        ("markfail", Verdict.INVALID_RESPONSE, None, "自动探测：结论是回应失败（"),
+        ("markfail", Verdict.OK, None, "自动探测：URL 现在回应正常（"),
     ],
 )
 def test_the_follow_up_says_whether_the_verdict_reproduces_the_alarm(
-    knowledge: Knowledge, alarm_type: str, verdict: Verdict, reproduced: bool | None
+    knowledge: Knowledge,
+    alarm_type: str,
+    verdict: Verdict,
+    reproduced: bool | None,
+    zh: str,
 ) -> None:
     group = GroupState("ops", APPID, alarm_type, START, START, START)
     result = ProbeResult(
         verdict=verdict,
-        headline="answered",
-        findings=(),
+        findings=(Finding("probe_answered_success"),),
         timings=Timings(total=5),
         status=200,
         response_length=7,
@@ -308,7 +323,15 @@ def test_the_follow_up_says_whether_the_verdict_reproduces_the_alarm(
         mode=MessageMode.PLAIN,
     )
 
-    context = followup_context(group, result, knowledge)
+    renderer = ReplyRenderer(knowledge, "zh")
+    context = followup_context(group, result, renderer)
+    text = renderer.render("probe_followup", **context)
 
     assert context["reproduced"] is reproduced
-    ReplyRenderer(knowledge, "en").render("probe_followup", **context)
+    assert zh in text
+    assert (
+        text.splitlines()[1]
+        == f"URL 回了 success，平台会接受。完整结果：/probe {APPID}"
+    )
+    english = ReplyRenderer(knowledge, "en")
+    english.render("probe_followup", **followup_context(group, result, english))

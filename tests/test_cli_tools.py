@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import shutil
 import threading
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -133,16 +134,38 @@ def test_probe_json_reports_quoted_success_and_exits_1(serve):
     assert data["status"] == 200
     assert data["response_length"] == 9
     assert set(data["timings_ms"]) == {"dns", "connect", "first_byte", "total"}
-    assert data["findings"][0].startswith("The body is '\"success\"'")
-    assert 'the URL answered "success" with quotes' in data["reply"]
+    assert data["finding_ids"] == ["quoted_success", "url_bad_port"]
+    assert data["findings"][0] == (
+        '回包是带双引号的 "success"（9 字节），success 被当成 JSON 字符串输出了。'
+    )
+    assert data["reply"].startswith(f"🔎 探测：{server.url}（明文模式）\n❌ 结论：")
+    assert f"详情：{data['findings'][0]}" in data["reply"]
+
+
+def test_probe_json_in_english_keeps_the_ids(serve):
+    server = serve(lambda method, query, body: (200, b'"success"'))
+    result = invoke(*probe_args(server.url, "--json", "--lang", "en"))
+    data = json.loads(result.stdout)
+    assert data["finding_ids"] == ["quoted_success", "url_bad_port"]
+    assert data["findings"][0].startswith('The reply is "success" with double quotes')
+    assert data["reply"].startswith(f"🔎 Probe: {server.url} (plain mode)")
 
 
 def test_probe_text_on_a_correct_server_exits_0(serve):
     server = serve(correct)
     result = invoke(*probe_args(server.url))
     assert result.exit_code == 0, result.output
-    assert "verdict: ok: the URL answered a well-formed text reply in " in result.stdout
+    assert result.stdout.startswith(f"🔎 探测：{server.url}（明文模式）\n")
+    assert "✅ 结论：正常，平台会接受这个回包。" in result.stdout
+    assert "详情：URL 回了一条格式正确的 text 回复 XML，平台会接受。" in result.stdout
     assert TOKEN not in result.output
+
+
+def test_probe_language_comes_from_the_environment(serve):
+    server = serve(correct)
+    result = invoke(*probe_args(server.url), env={"ALARM_BOT_LANG": "en"})
+    assert result.exit_code == 0, result.output
+    assert "Detail: The URL answered a well-formed text reply XML" in result.stdout
 
 
 def test_probe_safe_mode_with_the_key_from_the_environment(serve):
@@ -163,7 +186,10 @@ def test_probe_verify_sends_the_echostr_get(serve):
     server = serve(correct)
     result = invoke(*probe_args(server.url, "--verify", "--json"))
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["check"] == "verify"
+    data = json.loads(result.stdout)
+    assert data["check"] == "verify"
+    assert data["finding_ids"][0] == "probe_echoed_echostr"
+    assert "（明文模式，接入校验 GET）" in data["reply"]
     assert server.requests[0][0] == "GET"
 
 
@@ -216,18 +242,37 @@ def test_logs_json_counts_the_window(logs):
     assert data["window"]["start"] == "2014-12-01T20:12:00+08:00"
     assert data["errors"]["counts"]["connect_failed"] == truth.error_lines
     assert data["files"][0]["seek_ms"] >= 0
-    assert data["reply"].splitlines()[-1].startswith("conclusion: ")
+    assert data["conclusion_ids"] == ["timeouts", "bad_gateway"]
+    assert "这些就是请求超时" in data["conclusions"][0]
+    assert data["meanings"]["404"].startswith("服务器上找不到这个 URL 路径")
+    assert data["reply"].endswith(data["conclusions"][-1])
 
 
 def test_logs_text_with_a_window_and_zone(logs):
     access = logs[0]
     args = ["logs", str(access), "--around", "2014-12-01 12:12:00", "--tz", "UTC"]
-    result = invoke(*args, "--window", "10m", "--format", "main")
+    result = invoke(*args, "--window", "10m", "--format", "main", "--lang", "en")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(
-        "window: 2014-12-01 20:12:00+08:00 to 20:22:00 (main format)"
+        "📜 nginx logs: 2014-12-01 20:12:00 to 20:22:00 (UTC+08:00, main format)"
     )
-    assert "conclusion: " in result.stdout
+    assert "\n🔎 conclusions:\n• " in result.stdout
+
+
+def test_logs_reads_the_meanings_from_the_knowledge_given(logs, tmp_path):
+    from bot.knowledge import default_root
+
+    root = tmp_path / "knowledge"
+    shutil.copytree(default_root(), root)
+    table = root / "reference" / "nginx_status.yaml"
+    text = table.read_text(encoding="utf-8")
+    old = "网关错误：后端处理慢、挂了或拒绝连接（进程崩溃、端口没监听）。"
+    table.write_text(text.replace(old, "后端没接住 nginx 的连接。"), "utf-8")
+    args = ["logs", str(logs[0]), "--around", "2014-12-01 20:12:00"]
+    result = invoke(*args, "--knowledge", str(root))
+    assert result.exit_code == 0, result.output
+    assert "  502：后端没接住 nginx 的连接。\n" in result.stdout
+    assert old not in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -261,10 +306,15 @@ def test_host_json_and_text():
     data = json.loads(result.stdout)
     assert data["cpu_count"] >= 1
     assert "tcp_states" in data
+    assert len(data["findings"]) == len(data["finding_ids"])
+    assert data["reply"].startswith("🖥 本机状态（uptime、free、ulimit -n、netstat")
     text = invoke("host", "--process", "python")
     assert text.exit_code == 0
-    assert text.stdout.startswith("load (1, 5, 15 min): ")
-    assert "finding: " in text.stdout
+    assert text.stdout.startswith("🖥 本机状态")
+    assert "负载（1/5/15 分钟）：" in text.stdout
+    assert ("值得注意：" in text.stdout) != ("没有明显异常。" in text.stdout)
+    english = invoke("host", "--lang", "en")
+    assert english.stdout.startswith("🖥 This host (uptime, free, ulimit -n")
 
 
 def test_help_lists_the_tools():

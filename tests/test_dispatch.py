@@ -178,3 +178,14 @@ def test_ask_by_entry_id_returns_that_entry(
 ) -> None:
     (reply,) = dispatcher.dispatch(_room("/ask netstat_states"))
     assert knowledge.tables["netstat_states"].title.zh in reply.text
+
+
+@pytest.mark.parametrize(
+    ("line", "row"), [("/nginx 501", "500"), ("/nginx 308 呢", "301")]
+)
+def test_nginx_explains_a_status_without_a_row_by_its_class(
+    line: str, row: str, dispatcher: Dispatcher
+) -> None:
+    (reply,) = dispatcher.dispatch(_room(line))
+    assert "已收录的状态码" not in reply.text
+    assert f"{row}：" in reply.text

@@ -11,7 +11,13 @@ import socket
 import psutil
 import pytest
 
-from bot.host import HostSnapshot, ProcessFiles, assess, format_snapshot, take_snapshot
+from bot.autoprobe import host_context, host_json
+from bot.diagnosis import Finding
+from bot.host import HostSnapshot, ProcessFiles, assess, take_snapshot
+from bot.knowledge import Knowledge
+from bot.render import ReplyRenderer
+
+from .test_probe import english_runs
 
 
 def healthy() -> HostSnapshot:
@@ -53,55 +59,99 @@ def test_snapshot_reads_this_machine():
         assert snapshot.tcp_states.get("LISTEN", 0) >= 1
 
 
-def test_snapshot_to_json_is_serializable_and_has_the_reply():
-    data = take_snapshot().to_json()
+def render(snapshot: HostSnapshot, knowledge: Knowledge, lang: str = "zh") -> str:
+    renderer = ReplyRenderer(knowledge, lang)
+    return renderer.render("host", **host_context(snapshot, renderer))
+
+
+def test_snapshot_to_json_is_serializable_and_has_the_reply(knowledge):
+    snapshot = take_snapshot()
+    data = host_json(snapshot, ReplyRenderer(knowledge, "en"))
     text = json.dumps(data)
     assert '"tcp_states"' in text
-    assert isinstance(data["findings"], list)
-    assert str(data["reply"]).startswith("load (1, 5, 15 min): ")
+    assert data["finding_ids"] == [f.id for f in assess(snapshot)]
+    assert len(data["findings"]) == len(data["finding_ids"])
+    assert str(data["reply"]).startswith("🖥 This host (uptime, free, ulimit -n")
 
 
-def test_healthy_host_has_no_findings():
+def test_healthy_host_has_no_findings(knowledge):
     assert assess(healthy()) == ()
-    assert format_snapshot(healthy()).endswith("finding: nothing stands out")
+    assert render(healthy(), knowledge).endswith("没有明显异常。")
+    assert render(healthy(), knowledge, "en").endswith("Nothing stands out.")
 
 
 @pytest.mark.parametrize(
-    ("change", "expected"),
+    ("change", "finding", "zh"),
     [
-        ({"load": (6.5, 3.0, 1.0)}, "Load 6.50 is above the 4 cores"),
+        (
+            {"load": (6.5, 3.0, 1.0)},
+            Finding("host_load_high", {"load": "6.50", "cores": "4"}),
+            "1 分钟负载 6.50，超过了 4 个核",
+        ),
         (
             {"memory_available": 2**29, "swap_used": 2**29},
-            "Only 6% of memory is available, and 0.5 GiB of swap is in use.",
+            Finding("host_memory_low", {"percent": "6", "swap_used": "0.5"}),
+            "可用内存只剩 6%，swap 已用 0.5 GiB。",
         ),
-        ({"system_files": (95000, 100000)}, "95000 of 100000 file handles"),
+        (
+            {"memory_available": 2**29},
+            Finding("host_memory_low", {"percent": "6", "swap_used": ""}),
+            "可用内存只剩 6%。",
+        ),
+        (
+            {"system_files": (95000, 100000)},
+            Finding("host_files_system", {"used": "95000", "maximum": "100000"}),
+            "全系统已打开 95000 个文件句柄，上限 100000",
+        ),
         (
             {"processes": (ProcessFiles("nginx", 42, 1000, 1024),)},
-            "nginx 42 has 1000 of its 1024 files open",
+            Finding(
+                "host_files_process",
+                {"name": "nginx", "pid": "42", "open_files": "1000", "limit": "1024"},
+            ),
+            "nginx 进程 42 已打开 1000 个文件，上限是 1024。",
         ),
-        ({"fd_limit": (1024, 4096)}, "ulimit -n is 1024"),
-        ({"tcp_states": {"SYN_RECV": 500}}, "500 connections wait in SYN_RECV"),
-        ({"tcp_states": {"CLOSE_WAIT": 300}}, "300 connections sit in CLOSE_WAIT"),
-        ({"tcp_states": {"TIME_WAIT": 30000}}, "30000 connections in TIME_WAIT"),
+        (
+            {"fd_limit": (1024, 4096)},
+            Finding("host_nofile_small", {"soft": "1024", "guide": "102400"}),
+            "ulimit -n 只有 1024",
+        ),
+        (
+            {"tcp_states": {"SYN_RECV": 500}},
+            Finding("host_syn_recv", {"count": "500"}),
+            "有 500 个连接停在 SYN_RECV",
+        ),
+        (
+            {"tcp_states": {"CLOSE_WAIT": 300}},
+            Finding("host_close_wait", {"count": "300"}),
+            "有 300 个连接停在 CLOSE_WAIT",
+        ),
+        (
+            {"tcp_states": {"TIME_WAIT": 30000}},
+            Finding("host_time_wait", {"count": "30000"}),
+            "有 30000 个连接处于 TIME_WAIT",
+        ),
     ],
 )
-def test_each_problem_is_found(change, expected):
+def test_each_problem_is_found_and_worded(knowledge, change, finding, zh):
     snapshot = dataclasses.replace(healthy(), **change)
-    findings = assess(snapshot)
-    assert len(findings) == 1
-    assert expected in findings[0]
-    assert f"finding: {findings[0]}" in format_snapshot(snapshot)
+    assert assess(snapshot) == (finding,)
+    reply = render(snapshot, knowledge)
+    assert f"值得注意：\n• {zh}" in reply
+    assert english_runs(reply, list(finding.values.values())) == [], reply
+    en = ReplyRenderer(knowledge, "en").finding(finding)["text"]
+    assert f"What stands out:\n• {en}" in render(snapshot, knowledge, "en")
 
 
-def test_unreadable_values_are_shown_as_unknown():
+def test_unreadable_values_are_shown_as_unknown(knowledge):
     snapshot = dataclasses.replace(
         healthy(),
         processes=(ProcessFiles("nginx", 7, None, None),),
         tcp_states={},
-        tcp_error="cannot read TCP connections: denied",
+        tcp_error="AccessDenied",
         system_files=None,
     )
-    text = format_snapshot(snapshot)
-    assert "nginx 7: ? of ? files" in text
-    assert "tcp: cannot read TCP connections: denied" in text
+    text = render(snapshot, knowledge)
+    assert "nginx 7：已开 ? 个，上限 ?" in text
+    assert "TCP 连接：读不到（AccessDenied）" in text
     assert assess(snapshot) == ()

@@ -138,3 +138,17 @@ def test_kb_preview_refuses_an_unknown_type() -> None:
     result = CliRunner().invoke(cli, ["kb", "preview", "timeout"])
     assert result.exit_code == 2
     assert "'timeout' is not an alarm type" in result.output
+
+
+def test_a_probe_finding_that_fails_to_render_is_named(tmp_path: Path) -> None:
+    root = tmp_path / "knowledge"
+    shutil.copytree(default_root(), root)
+    path = root / "findings.yaml"
+    text = path.read_text(encoding="utf-8")
+    old = "服务器返回 HTTP {{ f.code }}，平台只认 HTTP 200。"
+    path.write_text(text.replace(old, "HTTP {{ f.code + 1 }}"), encoding="utf-8")
+    _, problems = check_knowledge(root)
+    assert (
+        'knowledge/findings.yaml: TypeError: can only concatenate str (not "int") '
+        "to str" in problems
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import io
+import shutil
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,15 +13,20 @@ from types import ModuleType
 
 import pytest
 
+from bot.knowledge import Knowledge, default_root, load_knowledge
 from bot.logscan import (
     COMBINED_FORMAT,
     MAIN_FORMAT,
+    SAMPLE_REMARKS,
     AccessRecord,
     LogFormat,
+    LogReport,
     LogScanError,
+    Remark,
     WindowStats,
     conclude,
     error_line_time,
+    error_row,
     format_report,
     nearest_rank,
     parse_around,
@@ -29,9 +35,11 @@ from bot.logscan import (
     resolve_format,
     scan_logs,
     seek_time,
+    status_row,
     summarize,
     summarize_errors,
 )
+from bot.render import ReplyRenderer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,6 +72,16 @@ def generated(tmp_path_factory):
     return bench.write_logs(directory, size=4_000_000, rate=5)
 
 
+@pytest.fixture
+def zh(knowledge: Knowledge) -> ReplyRenderer:
+    return ReplyRenderer(knowledge, "zh")
+
+
+@pytest.fixture
+def en(knowledge: Knowledge) -> ReplyRenderer:
+    return ReplyRenderer(knowledge, "en")
+
+
 # ---- the window, its counts and percentiles
 
 
@@ -86,22 +104,120 @@ def test_window_counts_and_percentiles_match_what_was_written(generated):
 def test_report_concludes_with_timeouts_and_the_refusing_backend(generated):
     access, errors, truth = generated
     report = scan_logs([access], around=alarm_time(truth), error_log=errors)
-    assert "request timeouts" in report.conclusions[0]
-    assert "the time goes to the backend" in report.conclusions[0]
-    assert "got 502 and the error log has" in report.conclusions[1]
-    text = format_report(report)
-    assert text.splitlines()[-1].startswith("conclusion: ")
-    assert "499: the client closed the connection" in text
-    assert "(seek " in text
+    assert [c.id for c in report.conclusions] == ["timeouts", "bad_gateway"]
+    timeouts = report.conclusions[0].values
+    assert timeouts["slow"] == timeouts["abandoned"] == truth.status["499"]
+    assert timeouts["slow_upstream"] is True
+    assert report.conclusions[1].values == {
+        "status": "502",
+        "count": truth.status["502"],
+        "refused": truth.error_lines,
+    }
 
 
-def test_secrets_in_query_strings_are_not_shown(generated):
+def test_report_text_is_chinese_with_the_conclusions_last(generated, zh):
     access, errors, truth = generated
     report = scan_logs([access], around=alarm_time(truth), error_log=errors)
-    text = format_report(report) + str(report.to_json())
+    text = format_report(report, zh)
+    assert text.startswith("📜 nginx 日志：2014-12-01 20:12:00 至 20:17:00（UTC+08:00")
+    assert "  499：客户端（微信服务器）在 nginx 返回前主动断开了连接" in text
+    assert "  Connection refused：目标端口没有进程监听" in text
+    assert "（定位 " in text
+    _, conclusions = text.split("\n🔎 结论：\n")
+    assert conclusions.startswith(f"• {truth.status['499']} 个请求（")
+    assert "这些就是请求超时。时间花在后端" in conclusions
+    assert f"• {truth.status['502']} 个请求返回 502，error log 里有" in conclusions
+    assert "  ➜ 看 upstream_response_time 是否明显偏高" in conclusions
+
+
+def test_report_text_in_english(generated, en):
+    access, errors, truth = generated
+    report = scan_logs([access], around=alarm_time(truth), error_log=errors)
+    text = format_report(report, en)
+    assert text.startswith("📜 nginx logs: 2014-12-01 20:12:00 to 20:17:00 (UTC+08:00")
+    assert "  499: The client (WeChat's server) closed the connection" in text
+    _, conclusions = text.split("\n🔎 conclusions:\n")
+    assert "so these are request timeouts. The time goes to the backend" in conclusions
+    assert f"• {truth.status['502']} requests got 502 and the error log has" in text
+
+
+def test_json_texts_follow_the_language_and_carry_the_ids(generated, zh, en):
+    access, errors, truth = generated
+    report = scan_logs([access], around=alarm_time(truth), error_log=errors)
+    chinese, english = report.to_json(zh), report.to_json(en)
+    assert chinese["conclusion_ids"] == english["conclusion_ids"]
+    assert chinese["conclusion_ids"] == ["timeouts", "bad_gateway"]
+    assert str(chinese["conclusions"][0]).startswith(f"{truth.status['499']} 个请求")
+    assert str(english["conclusions"][0]).startswith(f"{truth.status['499']} requests")
+    assert chinese["meanings"] == {
+        "499": "客户端（微信服务器）在 nginx 返回前主动断开了连接。这种情况少见。",
+        "502": "网关错误：后端处理慢、挂了或拒绝连接（进程崩溃、端口没监听）。",
+    }
+    assert chinese["reply"] == format_report(report, zh)
+
+
+def test_secrets_in_query_strings_are_not_shown(generated, zh):
+    access, errors, truth = generated
+    report = scan_logs([access], around=alarm_time(truth), error_log=errors)
+    text = format_report(report, zh) + str(report.to_json(zh))
     assert "signature=" not in text
     assert "openid=" not in text
     assert "POST /wx?… HTTP/1.1" in text
+
+
+# ---- the words come from the knowledge
+
+
+def test_meanings_are_read_from_the_knowledge_not_a_copy(generated, tmp_path):
+    access, errors, truth = generated
+    root = tmp_path / "knowledge"
+    shutil.copytree(default_root(), root)
+    table = root / "reference" / "nginx_status.yaml"
+    old = "客户端（微信服务器）在 nginx 返回前主动断开了连接。这种情况少见。"
+    assert old in table.read_text(encoding="utf-8")
+    new = "平台等了 5 秒没等到回包，先挂断了。"
+    table.write_text(table.read_text(encoding="utf-8").replace(old, new), "utf-8")
+    renderer = ReplyRenderer(load_knowledge(root), "zh")
+    report = scan_logs([access], around=alarm_time(truth), error_log=errors)
+    assert f"  499：{new}\n" in format_report(report, renderer)
+    assert report.to_json(renderer)["meanings"]["499"] == new  # type: ignore[index]
+
+
+def test_a_status_without_a_row_says_so(zh, en):
+    window = stats([record(float(i), "418") for i in range(50)])
+    report = replace_window(window)
+    assert "  418：知识库里没有这个状态码的说明。" in format_report(report, zh)
+    assert "  418: the knowledge base does not explain" in format_report(report, en)
+    assert report.to_json(zh)["meanings"] == {"418": None}
+
+
+def test_status_rows_by_key_alias_and_class(knowledge):
+    def key(status: str, **options: bool) -> str | None:
+        row = status_row(knowledge, status, **options)
+        return row.key if row else None
+
+    assert key("499") == "499"
+    assert key("302") == "301"  # an alias
+    assert key("303") == "301"  # the class: 3xx
+    assert key("501") == "500"  # 5xx
+    assert key("501", by_class=False) is None
+    assert key("418") is None
+
+
+def test_error_log_signs_map_to_their_rows(knowledge):
+    row = error_row(knowledge, "connect() failed")
+    assert row is not None
+    assert row.key == "connect() failed"
+    assert error_row(knowledge, "upstream timed out") is not None
+    assert error_row(knowledge, "no live upstreams") is None
+
+
+def test_every_remark_id_has_words_in_both_languages(zh, en):
+    from bot.logscan import render_remark
+
+    for remark in SAMPLE_REMARKS:
+        assert render_remark(remark, zh), remark
+        assert render_remark(remark, en), remark
 
 
 class CountingReader(io.BufferedReader):
@@ -162,7 +278,9 @@ def test_gzip_log_is_scanned_from_the_start_and_says_so(tmp_path):
     report = scan_logs([access], around=alarm_time(truth), error_log=errors)
     assert bench.check(report, truth) == []
     assert report.files[0].compressed
-    assert any("gzip-compressed: it cannot seek" in note for note in report.notes)
+    (note,) = report.notes
+    assert note.id == "gzip"
+    assert note.values["path"] == str(access)
 
 
 def test_window_spread_over_two_rotated_files(generated, tmp_path):
@@ -215,8 +333,8 @@ def test_combined_format_is_detected_and_counted(tmp_path):
     assert report.window.requests == 300
     assert report.window.status == {"200": 240, "404": 60}
     assert report.window.request_time is None
-    assert any("no $request_time" in note for note in report.notes)
-    assert "60 requests got 404" in report.conclusions[0]
+    assert report.notes == (Remark("no_request_time", {"format": "combined"}),)
+    assert report.conclusions == (Remark("status", {"status": "404", "count": 60}),)
 
 
 def test_custom_log_format_with_iso_time(tmp_path):
@@ -313,6 +431,22 @@ def test_error_log_signs_are_counted_in_the_window():
     assert all("token=abc" not in sample for sample in summary.samples)
 
 
+def test_an_upstream_timeout_is_not_also_a_connect_timeout():
+    lines = [
+        b"2014/12/01 20:12:01 [error] 1#0: *1 upstream timed out (110: Connection "
+        b"timed out) while reading response header from upstream",
+        b"2014/12/01 20:12:02 [error] 1#0: *2 connect() failed (110: Connection "
+        b"timed out) while connecting to upstream",
+    ]
+    start = error_line_time(0)(b"2014/12/01 20:12:00 ") or 0.0
+    summary = summarize_errors(Path("error.log"), lines, start, start + 300, 0)
+    assert summary.counts == {
+        "connect_failed": 1,
+        "timed_out": 1,
+        "upstream_timed_out": 1,
+    }
+
+
 # ---- conclusions
 
 
@@ -324,24 +458,41 @@ def stats(records: list[AccessRecord], start: float = 0.0) -> WindowStats:
     return summarize(records, start, start + 300)
 
 
+def replace_window(window: WindowStats) -> LogReport:
+    return LogReport(
+        window=window,
+        baseline=stats([], -300),
+        log_format="main",
+        errors=None,
+        files=(),
+        utc_offset=8 * 3600,
+        conclusions=conclude(window, stats([], -300), None),
+        notes=(),
+        elapsed_ms=1.0,
+    )
+
+
 def test_conclusion_without_requests_after_traffic_before():
     baseline = stats([record(-100.0)], -300.0)
     found = conclude(stats([]), baseline, None)
-    assert found[0].startswith("No request reached nginx in the window, after 1 ")
+    assert found == (Remark("no_requests", {"baseline": 1, "minutes": 5}),)
 
 
 def test_conclusion_without_any_request_asks_about_the_log():
-    assert "time zone" in conclude(stats([]), stats([], -300), None)[0]
+    assert conclude(stats([]), stats([], -300), None) == (Remark("no_traffic"),)
 
 
-def test_conclusion_when_all_is_well_points_to_the_probe():
+def test_conclusion_when_all_is_well_points_to_the_probe(zh):
     window = stats([record(float(i)) for i in range(200)])
     found = conclude(window, stats([], -300), None)
     assert found == (
-        "All 200 requests were answered in time with request_time p99 0.050 s: "
-        "nginx saw no fault in this window. A DNS failure or connect timeout "
-        "happens before nginx, and an invalid response is in the body: probe the "
-        "URL to see it.",
+        Remark("all_clear", {"requests": 200, "not_ok": 0, "p99": 0.05, "reset": 0}),
+    )
+    text = format_report(replace_window(window), zh)
+    assert text.endswith(
+        "• 窗口内 200 个请求都按时回应了（request_time p99 0.050 秒），nginx 这一侧"
+        "没看到故障。DNS 失败和连接超时发生在请求到达 nginx 之前，回应失败的原因在"
+        "回包内容里：用 alarm-bot probe 探测回调 URL，看实际回包。"
     )
 
 
@@ -355,7 +506,7 @@ def test_conclusion_names_exhausted_connections_first():
         0.0,
     )
     found = conclude(window, stats([], -300), errors)
-    assert found[0].startswith("nginx ran out of connections")
+    assert found[0] == Remark("exhausted", {"worker_connections": 1, "open_files": 0})
 
 
 def test_slow_backend_with_fast_nginx_is_told_apart():
@@ -364,14 +515,38 @@ def test_slow_backend_with_fast_nginx_is_told_apart():
         AccessRecord(float(i), "200", "200", 5.5, 0.01, "POST /wx", None)
         for i in range(100, 110)
     ]
-    found = conclude(stats(records), stats([], -300), None)
-    assert "10 requests (9%) took 5 s or longer" in found[0]
-    assert "the backend answers fast" in found[0]
+    (found,) = conclude(stats(records), stats([], -300), None)
+    assert found.id == "timeouts"
+    assert found.values["slow"] == 10
+    assert found.values["share"] == pytest.approx(10 / 110)
+    assert found.values["slow_upstream"] is False
 
 
-def test_a_few_stray_404s_are_not_a_conclusion():
+def test_a_few_stray_404s_are_not_a_conclusion_but_are_not_hidden():
     records = [record(float(i)) for i in range(1000)] + [record(5.0, "404")]
-    assert "got 404" not in " ".join(conclude(stats(records), stats([]), None))
+    (found,) = conclude(stats(records), stats([]), None)
+    assert found.id == "all_clear"
+    assert found.values["not_ok"] == 1
+
+
+def test_server_and_client_errors_are_concluded_in_order():
+    records = [record(float(i)) for i in range(100)]
+    for status in ("403", "500", "503", "504"):
+        records += [record(float(i), status) for i in range(10)]
+    found = conclude(stats(records), stats([]), None)
+    assert [c.values["status"] for c in found] == ["504", "503", "500", "403"]
+    assert {c.id for c in found} == {"status"}
+
+
+def test_every_concluded_id_has_a_sample_for_kb_check(generated):
+    access, errors, truth = generated
+    report = scan_logs([access], around=alarm_time(truth), error_log=errors)
+    sampled = {remark.id for remark in SAMPLE_REMARKS}
+    produced = [*report.conclusions, *report.notes]
+    produced += conclude(stats([]), stats([record(-9.0)], -300), None)
+    produced += conclude(stats([]), stats([], -300), None)
+    produced += conclude(stats([record(1.0)]), stats([]), None)
+    assert {remark.id for remark in produced} <= sampled
 
 
 # ---- parsing the command-line values

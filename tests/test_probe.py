@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 import logging
+import re
 import socket
 import ssl
 import time
@@ -25,9 +27,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from bot import host, probe
+from bot.autoprobe import followup_context, probe_context, probe_json
+from bot.diagnosis import Finding
+from bot.knowledge import FINDING_VARIABLES, is_alarmless, load_knowledge
+from bot.policy import GroupState
 from bot.probe import (
     DEFAULT_ACCOUNT_ID,
     TEST_OPENID,
+    HostResolver,
     MessageCrypto,
     MessageCryptoError,
     MessageMode,
@@ -38,17 +46,16 @@ from bot.probe import (
     RateLimiter,
     SystemResolver,
     TargetRefusedError,
-    Timings,
     Verdict,
     build_push,
     check_url,
-    format_result,
     guard_addresses,
     judge_push,
     probe_url,
     refusal_reason,
     sign,
 )
+from bot.render import ReplyRenderer
 from tests.httpserver import Handler, HttpServer, Received, http_response, replying
 
 TOKEN = "probe-token-s3cret"
@@ -81,7 +88,85 @@ def safe_target(url: str, mode: MessageMode = MessageMode.SAFE) -> ProbeTarget:
 
 
 async def run(target: ProbeTarget, limits: ProbeLimits = FAST) -> ProbeResult:
-    return await probe_url(target, allow_private=True, limits=limits)
+    return checked(await probe_url(target, allow_private=True, limits=limits))
+
+
+async def run_with(
+    target: ProbeTarget,
+    resolver: HostResolver,
+    public_resolver: HostResolver | None = None,
+    *,
+    allow_private: bool = True,
+) -> ProbeResult:
+    result = await probe_url(
+        target,
+        allow_private=allow_private,
+        limits=FAST,
+        resolver=resolver,
+        public_resolver=public_resolver,
+    )
+    return checked(result)
+
+
+async def verify(target: ProbeTarget) -> ProbeResult:
+    return checked(await check_url(target, allow_private=True))
+
+
+# ---- every result, rendered in both languages
+
+# Four or more English words in a row: a sentence, not a technical token. A word
+# may hold dots, slashes and hyphens (text/plain, fs.file-max); a number, an
+# option (-n) or any Chinese character ends the run.
+_WORD = r"[A-Za-z][A-Za-z0-9_./'-]*"
+ENGLISH_RUN = re.compile(rf"{_WORD}(?:[ ,:;]+{_WORD}){{3,}}")
+# Strings people grep logs for, quoted as they are.
+LOG_PHRASES = ("Connection reset by peer",)
+
+
+@functools.cache
+def renderers() -> dict[str, ReplyRenderer]:
+    knowledge = load_knowledge()
+    return {lang: ReplyRenderer(knowledge, lang) for lang in ("zh", "en")}
+
+
+def english_runs(text: str, data: list[str]) -> list[str]:
+    """The English sentences in ``text`` once the quoted data is taken out."""
+    for value in sorted(data, key=len, reverse=True):
+        if len(value) >= 3:
+            text = text.replace(value, " ")
+    for phrase in LOG_PHRASES:
+        text = text.replace(phrase, " ")
+    return ENGLISH_RUN.findall(text)
+
+
+def rendered(result: ProbeResult, lang: str, appid: str | None = APPID) -> str:
+    renderer = renderers()[lang]
+    return renderer.render("probe", **probe_context(appid, result, renderer))
+
+
+def checked(result: ProbeResult) -> ProbeResult:
+    """Render ``result`` as /probe does, in zh and en; check the zh words.
+
+    The values of the findings and the body are data (the server's own words,
+    a parser's message), taken out before looking for English in Chinese.
+    """
+    assert all(is_alarmless(f.id) for f in result.findings), result.findings
+    zh, en = renderers()["zh"], renderers()["en"]
+    data = [result.url, *(v for f in result.findings for v in f.values.values())]
+    context = probe_context(APPID, result, zh)
+    data.append(str(context["body"] or ""))
+    reply = rendered(result, "zh")
+    outcome = zh.finding(result.outcome)
+    assert str(outcome["text"]) in reply
+    assert english_runs(reply, data) == [], reply
+    assert en.finding(result.outcome)["text"] in rendered(result, "en")
+    assert rendered(result, "zh", appid=None).startswith("🔎 探测：")
+    at = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    group = GroupState("ops", APPID, "invalid_response", at, at, at)
+    follow_up = zh.render("probe_followup", **followup_context(group, result, zh))
+    assert follow_up.splitlines()[1].startswith(str(outcome["text"]))
+    assert english_runs(follow_up, data) == [], follow_up
+    return result
 
 
 # ---- a correct server, which also checks what the probe sends
@@ -141,6 +226,30 @@ def correct_server(*, encrypt: bool, key: str = AES_KEY, token: str = TOKEN) -> 
     return handler
 
 
+def test_every_finding_of_the_probe_and_host_is_worded_without_an_alarm():
+    knowledge = load_knowledge()
+    for module in (probe, host):
+        source = Path(str(module.__file__)).read_text(encoding="utf-8")
+        named = set(re.findall(r'"((?:probe|host)_[a-z_]+)"', source))
+        assert named
+        assert named <= set(FINDING_VARIABLES), named - set(FINDING_VARIABLES)
+        given = named | set(re.findall(r'"([a-z_]+)"', source)) & set(FINDING_VARIABLES)
+        for finding_id in given:
+            assert is_alarmless(finding_id), finding_id
+            assert finding_id in knowledge.findings
+    assert all(is_alarmless(f) for f in FINDING_VARIABLES if f.startswith("http_"))
+
+
+def test_zh_wording_of_every_probe_and_host_finding_is_chinese():
+    zh = renderers()["zh"]
+    for finding_id in zh.knowledge.findings:
+        if is_alarmless(finding_id):
+            values = {name: "1" for name in FINDING_VARIABLES[finding_id]}
+            wording = zh.finding(Finding(finding_id, values))
+            text = f"{wording['text']}\n{wording['fix']}"
+            assert english_runs(text, []) == [], finding_id
+
+
 # ---- the misbehaving servers of real alarms
 
 
@@ -148,13 +257,14 @@ async def test_quoted_success_is_invalid_and_reproduces_the_alarm(serve):
     server = await serve(replying(body='"success"'))
     result = await run(plain_target(server.url()))
     assert result.verdict is Verdict.INVALID_RESPONSE
-    assert result.headline == 'answered "success" with quotes'
+    assert result.outcome == Finding(
+        "quoted_success", {"content": '"success"', "length": "9"}
+    )
     assert result.status == 200
     assert result.response_length == 9
-    assert result.summary("invalid_response").startswith(
-        'reproduced: the URL answered "success" with quotes in '
-    )
-    assert result.summary("invalid_response").endswith(" ms")
+    # The same words as the reply to an alarm whose sample shows "success".
+    assert '详情：回包是带双引号的 "success"（9 字节）' in rendered(result, "zh")
+    assert 'Detail: The reply is "success" with double quotes' in rendered(result, "en")
 
 
 async def test_html_error_page_is_invalid_with_its_title(serve):
@@ -165,24 +275,30 @@ async def test_html_error_page_is_invalid_with_its_title(serve):
     server = await serve(replying(body=page, content_type="text/html"))
     result = await run(plain_target(server.url()))
     assert result.verdict is Verdict.INVALID_RESPONSE
-    assert result.headline == "answered an HTML page (Error 500: Internal)"
+    assert result.outcome == Finding("html_page", {"title": "Error 500: Internal"})
+    assert "回包是一个 HTML 页面（标题：Error 500: Internal）" in rendered(result, "zh")
 
 
 @pytest.mark.parametrize(
-    ("status", "meaning"),
+    ("status", "finding", "zh"),
     [
-        (404, "the path does not exist"),
-        (405, "does not accept POST"),
-        (500, "the application failed"),
+        (404, "http_not_found", "后台配置的 URL 路径不对"),
+        (405, "http_method", "回调路由不接受 POST"),
+        (401, "http_client_error", "平台推送从不带认证信息"),
+        (500, "http_server_error", "程序处理推送时出了异常"),
+        (502, "http_server_error", "代理连不上后端程序"),
+        (504, "http_server_error", "代理等后端程序超时了"),
+        (204, "probe_http_status", "平台只认 HTTP 200"),
     ],
 )
-async def test_http_error_status_is_invalid_with_the_code(serve, status, meaning):
+async def test_http_error_status_is_invalid_with_the_code(serve, status, finding, zh):
     server = await serve(replying(status, "nope"))
     result = await run(plain_target(server.url()))
     assert result.verdict is Verdict.INVALID_RESPONSE
     assert result.status == status
-    assert result.findings[0].startswith(f"http code={status}: ")
-    assert meaning in result.findings[0]
+    assert result.outcome == Finding(finding, {"code": str(status)})
+    assert f"服务器返回 HTTP {status}" in rendered(result, "zh")
+    assert zh in rendered(result, "zh")
 
 
 async def test_reply_with_to_and_from_not_swapped_is_invalid(serve):
@@ -194,15 +310,17 @@ async def test_reply_with_to_and_from_not_swapped_is_invalid(serve):
     server = await serve(handler)
     result = await run(plain_target(server.url()))
     assert result.verdict is Verdict.INVALID_RESPONSE
-    assert result.headline == "answered a reply XML with To and From not swapped"
+    assert result.outcome == Finding(
+        "reply_not_swapped", {"to_user": DEFAULT_ACCOUNT_ID, "from_user": TEST_OPENID}
+    )
 
 
 async def test_malformed_xml_is_invalid(serve):
     server = await serve(replying(body="<xml><ToUserName>oX</xml>"))
     result = await run(plain_target(server.url()))
     assert result.verdict is Verdict.INVALID_RESPONSE
-    assert result.headline == "answered malformed XML"
-    assert "mismatched tag" in result.findings[0]
+    assert result.outcome.id == "malformed_xml"
+    assert "mismatched tag" in result.outcome.values["error"]
 
 
 async def test_echo_of_the_request_is_invalid(serve):
@@ -212,29 +330,30 @@ async def test_echo_of_the_request_is_invalid(serve):
     server = await serve(echo)
     result = await run(plain_target(server.url()))
     assert result.verdict is Verdict.INVALID_RESPONSE
-    assert result.headline == "echoed the request back"
+    assert result.outcome == Finding("echo_request")
 
 
 async def test_reply_encrypted_with_a_wrong_key_is_invalid(serve):
     server = await serve(correct_server(encrypt=True, key=OTHER_KEY))
     result = await run(safe_target(server.url()))
     assert result.verdict is Verdict.INVALID_RESPONSE
-    assert result.headline == "answered a reply that cannot be decrypted"
-    assert "wrong key" in result.findings[0]
+    assert result.outcome.id == "probe_undecryptable"
+    assert result.outcome.values["reason"] in {"bad_padding", "bad_length"}
+    assert "多半是密钥不对" in rendered(result, "zh")
 
 
 async def test_reply_signed_with_a_wrong_token_is_invalid(serve):
     server = await serve(correct_server(encrypt=True, token="another-token"))
     result = await run(safe_target(server.url()))
     assert result.verdict is Verdict.INVALID_RESPONSE
-    assert result.headline == "answered a reply with a wrong MsgSignature"
+    assert result.outcome == Finding("probe_msg_signature")
 
 
 async def test_plain_reply_in_safe_mode_is_invalid(serve):
     server = await serve(correct_server(encrypt=False))
     result = await run(safe_target(server.url()))
     assert result.verdict is Verdict.INVALID_RESPONSE
-    assert result.headline == "answered a plain XML reply in safe mode"
+    assert result.outcome == Finding("probe_plain_in_safe")
 
 
 def sleeping(seconds: float) -> Handler:
@@ -250,7 +369,7 @@ async def test_slow_server_is_a_request_timeout(serve):
     limits = ProbeLimits(dns=0.5, connect=0.2, total=0.3)
     result = await run(plain_target(server.url()), limits)
     assert result.verdict is Verdict.REQUEST_TIMEOUT
-    assert result.headline == "did not answer within 0.3 s"
+    assert result.outcome == Finding("probe_request_timeout", {"limit": "0.3"})
     assert result.timings.connect is not None
     assert result.timings.first_byte is None
     assert 250 <= (result.timings.total or 0) < 600
@@ -261,10 +380,10 @@ async def test_six_second_sleep_times_out_at_the_platform_limit_of_5_s(serve):
     started = time.monotonic()
     result = await probe_url(plain_target(server.url()), allow_private=True)
     elapsed = time.monotonic() - started
+    checked(result)
     assert result.verdict is Verdict.REQUEST_TIMEOUT
-    assert result.summary("request_timeout") == (
-        "reproduced: the URL did not answer within 5 s"
-    )
+    assert result.outcome == Finding("probe_request_timeout", {"limit": "5"})
+    assert "连接建立了，但 5 秒内没收到完整回包" in rendered(result, "zh")
     assert 4.9 <= elapsed < 5.8
     assert 4900 <= (result.timings.total or 0) < 5800
 
@@ -275,8 +394,8 @@ async def test_closed_port_is_a_connect_timeout_saying_refused():
         port = sock.getsockname()[1]
     result = await run(plain_target(f"http://127.0.0.1:{port}/wx"))
     assert result.verdict is Verdict.CONNECT_TIMEOUT
-    assert result.headline == "refused the connection"
-    assert "Connection refused" in result.findings[0]
+    assert result.outcome == Finding("probe_connection_refused")
+    assert "连接被拒绝" in rendered(result, "zh")
     assert result.status is None
     assert result.timings.connect is None
 
@@ -308,8 +427,7 @@ async def test_unanswered_connect_is_a_connect_timeout_saying_timed_out(full_bac
     limits = ProbeLimits(dns=0.5, connect=0.3, total=1.0)
     result = await run(plain_target(f"http://127.0.0.1:{full_backlog}/wx"), limits)
     assert result.verdict is Verdict.CONNECT_TIMEOUT
-    assert result.headline == "did not accept the connection within 0.3 s"
-    assert "timed out" in result.findings[0]
+    assert result.outcome == Finding("probe_connect_timeout", {"limit": "0.3"})
 
 
 async def test_connection_closed_without_answer_is_invalid(serve):
@@ -319,7 +437,7 @@ async def test_connection_closed_without_answer_is_invalid(serve):
     server = await serve(hang_up)
     result = await run(plain_target(server.url()))
     assert result.verdict is Verdict.INVALID_RESPONSE
-    assert result.headline == "broke the connection without a full HTTP answer"
+    assert result.outcome == Finding("network_error")
 
 
 async def test_redirect_is_not_followed(serve):
@@ -333,7 +451,8 @@ async def test_redirect_is_not_followed(serve):
     result = await run(plain_target(server.url()))
     assert result.verdict is Verdict.INVALID_RESPONSE
     assert result.status == 302
-    assert "does not follow redirects" in result.findings[0]
+    assert result.outcome == Finding("http_redirect", {"code": "302"})
+    assert "平台不会跟随跳转" in rendered(result, "zh")
     assert [r.path for r in server.received] == ["/wx"]
 
 
@@ -343,7 +462,7 @@ async def test_long_answer_is_read_only_up_to_the_limit(serve):
     result = await run(plain_target(server.url()), limits)
     assert result.verdict is Verdict.INVALID_RESPONSE
     assert 1000 < (result.response_length or 0) < 200_000
-    assert any("Only the first 1000 bytes" in f for f in result.findings)
+    assert Finding("probe_body_truncated", {"limit": "1000"}) in result.findings
 
 
 # ---- correct servers
@@ -353,10 +472,8 @@ async def test_correct_plain_server_is_ok(serve):
     server = await serve(correct_server(encrypt=False))
     result = await run(plain_target(server.url()))
     assert result.verdict is Verdict.OK, result.findings
-    assert result.headline == "answered a well-formed text reply"
-    assert result.summary("invalid_response").startswith(
-        "not reproduced: the URL answered a well-formed text reply in "
-    )
+    assert result.outcome == Finding("probe_answered_reply", {"msg_type": "text"})
+    assert "✅ 结论：正常" in rendered(result, "zh")
     sent = server.received[0]
     assert sent.headers["content-type"] == "text/xml"
     assert "accept-encoding" not in sent.headers or (
@@ -390,13 +507,23 @@ async def test_compatible_mode_sends_plain_fields_and_accepts_a_plain_reply(serv
     assert sent.findtext("Encrypt")
 
 
-@pytest.mark.parametrize("body", ["success", "", "success\n"])
-async def test_success_and_empty_body_are_ok(serve, body):
+@pytest.mark.parametrize(
+    ("body", "finding"),
+    [
+        ("success", "probe_answered_success"),
+        ("", "probe_answered_empty"),
+        (" \n", "probe_whitespace_body"),
+        ("success\n", "success_padded"),
+    ],
+)
+async def test_success_and_empty_body_are_ok(serve, body, finding):
     server = await serve(replying(body=body))
     result = await run(plain_target(server.url()))
     assert result.verdict is Verdict.OK
-    notes = [f for f in result.findings if "only pushes to ports 80" not in f]
-    assert bool(notes) == (body == "success\n")
+    port = Finding("url_bad_port", {"port": str(server.port), "url": server.url()})
+    assert result.finding_ids == [finding, "url_bad_port"]
+    assert result.findings[1] == port
+    assert "平台只支持 80 和 443" in rendered(result, "zh")
 
 
 async def test_event_is_sent_with_its_canonical_name(serve):
@@ -444,14 +571,14 @@ async def test_untrusted_certificate_fails_the_tls_handshake(tmp_path, dns_serve
     try:
         resolver = await dns_server({"callback.example.test": "127.0.0.1"})
         target = plain_target(f"https://callback.example.test:{server.port}/wx")
-        result = await probe_url(
-            target, allow_private=True, limits=FAST, resolver=resolver
-        )
+        result = await run_with(target, resolver)
     finally:
         await server.stop()
     assert result.verdict is Verdict.CONNECT_TIMEOUT
-    assert result.headline == "failed the TLS handshake"
-    assert "CERTIFICATE_VERIFY_FAILED" in result.findings[0]
+    assert result.outcome == Finding(
+        "probe_tls_failed", {"error": "CERTIFICATE_VERIFY_FAILED"}
+    )
+    assert "TLS 握手失败（CERTIFICATE_VERIFY_FAILED）" in rendered(result, "zh")
     assert server_names == ["callback.example.test"]
     assert server.received == []
 
@@ -471,25 +598,32 @@ def echostr_server(extra: str = "", token: str = TOKEN) -> Handler:
 
 async def test_verification_echoing_echostr_is_ok(serve):
     server = await serve(echostr_server())
-    result = await check_url(plain_target(server.url()), allow_private=True)
+    result = await verify(plain_target(server.url()))
     assert result.verdict is Verdict.OK
+    assert result.outcome == Finding("probe_echoed_echostr")
     assert result.check == "verify"
+    assert "明文模式，接入校验 GET）" in rendered(result, "zh")
     assert server.received[0].method == "GET"
 
 
 async def test_verification_with_a_trailing_newline_is_invalid(serve):
     server = await serve(echostr_server("\n"))
-    result = await check_url(plain_target(server.url()), allow_private=True)
+    result = await verify(plain_target(server.url()))
     assert result.verdict is Verdict.INVALID_RESPONSE
-    assert result.headline == "echoed the echostr with extra bytes around it"
+    assert result.outcome.id == "probe_echostr_padded"
+    expected = int(result.outcome.values["expected"])
+    assert result.outcome.values == {
+        "length": str(expected + 1),
+        "expected": str(expected),
+    }
 
 
 async def test_verification_with_another_token_is_invalid(serve):
     server = await serve(echostr_server(token="other"))
-    result = await check_url(plain_target(server.url()), allow_private=True)
+    result = await verify(plain_target(server.url()))
     assert result.verdict is Verdict.INVALID_RESPONSE
-    assert result.headline == "did not echo the echostr"
-    assert "Token" in result.findings[0]
+    assert result.outcome == Finding("probe_echostr_missing")
+    assert "核对服务器上的 Token" in rendered(result, "zh")
 
 
 # ---- DNS, with fake DNS servers on 127.0.0.1
@@ -548,44 +682,68 @@ async def dns_server() -> AsyncIterator[Callable[..., Awaitable[NameserverResolv
 async def test_unknown_name_is_a_dns_failure(dns_server):
     resolver = await dns_server({})
     target = plain_target("http://callback.example.test/wx")
-    result = await probe_url(target, allow_private=True, resolver=resolver)
+    result = await run_with(target, resolver)
     assert result.verdict is Verdict.DNS_FAILURE
-    assert "NXDOMAIN" in result.headline
+    assert result.findings == (
+        Finding(
+            "probe_dns_failure",
+            {
+                "host": "callback.example.test",
+                "resolver": "127.0.0.1",
+                "reason": "nxdomain",
+                "error": "",
+            },
+        ),
+    )
+    reply = rendered(result, "zh")
+    assert "DNS 服务器 127.0.0.1 查不到 callback.example.test 的地址" in reply
+    assert "域名不存在（NXDOMAIN）" in reply
     assert result.timings.dns is not None
     assert result.timings.connect is None
 
 
 @pytest.mark.parametrize(
-    ("answer", "reason"),
-    [("", "the name has no A or AAAA record"), ("SERVFAIL", "SERVFAIL")],
+    ("answer", "reason", "zh"),
+    [
+        ("", "no_address", "域名没有 A 或 AAAA 记录"),
+        ("SERVFAIL", "servfail", "DNS 服务器出错（SERVFAIL）"),
+    ],
 )
-async def test_names_without_an_address_are_a_dns_failure(dns_server, answer, reason):
+async def test_names_without_an_address_are_a_dns_failure(
+    dns_server, answer, reason, zh
+):
     resolver = await dns_server({"callback.example.test": answer})
     target = plain_target("http://callback.example.test/wx")
-    result = await probe_url(target, limits=FAST, resolver=resolver)
+    result = await run_with(target, resolver, allow_private=False)
     assert result.verdict is Verdict.DNS_FAILURE
-    assert reason in result.headline
+    assert result.outcome.id == "probe_dns_failure"
+    assert result.outcome.values["reason"] == reason
+    assert zh in rendered(result, "zh")
 
 
 async def test_resolver_slower_than_the_limit_is_a_dns_failure(dns_server):
     resolver = await dns_server({}, silent=True, lifetime=5.0)
     target = plain_target("http://callback.example.test/wx")
     started = time.monotonic()
-    result = await probe_url(target, limits=FAST, resolver=resolver)
+    result = await run_with(target, resolver, allow_private=False)
     assert time.monotonic() - started < 1.5
     assert result.verdict is Verdict.DNS_FAILURE
-    assert "took longer than 0.5 s" in result.findings[0]
+    assert result.outcome == Finding(
+        "probe_dns_slow",
+        {"host": "callback.example.test", "resolver": "127.0.0.1", "limit": "0.5"},
+    )
+    assert "超过 0.5 秒（平台的 DNS 超时时间）也没有结果" in rendered(result, "zh")
 
 
 async def test_resolved_name_is_probed_at_the_resolved_address(serve, dns_server):
     server = await serve(replying(body="success"))
     resolver = await dns_server({"callback.example.test": "127.0.0.1"})
     target = plain_target(f"http://callback.example.test:{server.port}/wx")
-    result = await probe_url(target, allow_private=True, resolver=resolver)
+    result = await run_with(target, resolver)
     assert result.verdict is Verdict.OK
     assert result.address == "127.0.0.1"
     assert server.received[0].headers["host"] == f"callback.example.test:{server.port}"
-    assert any("only pushes to ports 80" in f for f in result.findings)
+    assert result.finding_ids == ["probe_answered_success", "url_bad_port"]
 
 
 async def test_public_resolver_nxdomain_is_a_dns_failure(serve, dns_server):
@@ -593,11 +751,10 @@ async def test_public_resolver_nxdomain_is_a_dns_failure(serve, dns_server):
     system = await dns_server({"callback.example.test": "127.0.0.1"})
     public = await dns_server({})
     target = plain_target(f"http://callback.example.test:{server.port}/wx")
-    result = await probe_url(
-        target, allow_private=True, resolver=system, public_resolver=public
-    )
+    result = await run_with(target, system, public)
     assert result.verdict is Verdict.DNS_FAILURE
-    assert result.findings[0].startswith("The 127.0.0.1 resolver cannot resolve")
+    assert result.outcome.id == "probe_dns_failure"
+    assert result.outcome.values["reason"] == "nxdomain"
     assert server.received == []
 
 
@@ -606,13 +763,21 @@ async def test_public_resolver_with_another_answer_is_noted(serve, dns_server):
     system = await dns_server({"callback.example.test": "127.0.0.1"})
     public = await dns_server({"callback.example.test": "127.0.0.2"})
     target = plain_target(f"http://callback.example.test:{server.port}/wx")
-    result = await probe_url(
-        target, allow_private=True, resolver=system, public_resolver=public
-    )
+    result = await run_with(target, system, public)
     assert result.verdict is Verdict.OK
-    assert any(
-        "answers 127.0.0.1 but" in f and "127.0.0.2" in f for f in result.findings
+    assert (
+        Finding(
+            "probe_dns_mismatch",
+            {
+                "resolver": "127.0.0.1",
+                "addresses": "127.0.0.1",
+                "public_resolver": "127.0.0.1",
+                "public_addresses": "127.0.0.2",
+            },
+        )
+        in result.findings
     )
+    assert "公共 DNS 127.0.0.1 却解析到 127.0.0.2" in rendered(result, "zh")
 
 
 async def test_unreachable_public_resolver_is_only_noted(serve, dns_server):
@@ -620,11 +785,10 @@ async def test_unreachable_public_resolver_is_only_noted(serve, dns_server):
     system = await dns_server({"callback.example.test": "127.0.0.1"})
     public = await dns_server({}, silent=True, lifetime=0.3)
     target = plain_target(f"http://callback.example.test:{server.port}/wx")
-    result = await probe_url(
-        target, allow_private=True, resolver=system, public_resolver=public
-    )
+    result = await run_with(target, system, public)
     assert result.verdict is Verdict.OK
-    assert any("did not answer from here" in f for f in result.findings)
+    silent = {"resolver": "127.0.0.1", "system": "127.0.0.1"}
+    assert Finding("probe_public_dns_unreachable", silent) in result.findings
 
 
 async def test_system_resolver_reads_the_hosts_file():
@@ -672,8 +836,11 @@ def test_public_addresses_are_allowed(address):
 
 
 def test_guard_refuses_when_any_address_is_private():
-    with pytest.raises(TargetRefusedError, match=r"10\.0\.0\.1 is a private address"):
+    with pytest.raises(
+        TargetRefusedError, match=r"10\.0\.0\.1 is a private address"
+    ) as refused:
         guard_addresses(("203.205.140.29", "10.0.0.1"), allow_private=False)
+    assert (refused.value.address, refused.value.kind) == ("10.0.0.1", "private")
     guard_addresses(("203.205.140.29", "10.0.0.1"), allow_private=True)
 
 
@@ -779,23 +946,26 @@ def test_safe_mode_needs_the_key_and_appid():
 
 
 @pytest.mark.parametrize(
-    ("body", "verdict", "headline"),
+    ("body", "finding"),
     [
-        (b"\xef\xbb\xbfsuccess", Verdict.INVALID_RESPONSE, "byte-order mark"),
-        (b"SUCCESS", Verdict.INVALID_RESPONSE, "answered 'SUCCESS'"),
-        (b"'success'", Verdict.INVALID_RESPONSE, "with quotes"),
-        (b'{"errcode": 0}', Verdict.INVALID_RESPONSE, "answered JSON"),
-        (b"Error 500:", Verdict.INVALID_RESPONSE, "answered 'Error 500:'"),
-        (b"<root/>", Verdict.INVALID_RESPONSE, "root <root>"),
-        (b'<!DOCTYPE x [<!ENTITY a "b">]><xml/>', Verdict.INVALID_RESPONSE, "DTD"),
-        (b"  \n", Verdict.OK, "empty body"),
+        (b"\xef\xbb\xbfsuccess", Finding("probe_bom", {"length": "10"})),
+        (b"SUCCESS", Finding("probe_success_case", {"content": "SUCCESS"})),
+        (
+            b"'success'",
+            Finding("quoted_success", {"content": "'success'", "length": "9"}),
+        ),
+        (b'{"errcode": 0}', Finding("json_body", {"snippet": '{"errcode": 0}'})),
+        (b"Error 500:", Finding("error_text", {"snippet": "Error 500:"})),
+        (b"ok", Finding("probe_unexpected_body", {"snippet": "ok"})),
+        (b"<root/>", Finding("probe_xml_root", {"root": "root"})),
+        (b'<!DOCTYPE x [<!ENTITY a "b">]><xml/>', Finding("probe_xml_dtd")),
     ],
 )
-def test_judge_push_bodies(body, verdict, headline):
+def test_judge_push_invalid_bodies(body, finding):
     push = build_push(plain_target("http://x/"))
     judgement = judge_push(push, 200, body)
-    assert judgement.verdict is verdict
-    assert headline in judgement.headline
+    assert judgement.verdict is Verdict.INVALID_RESPONSE
+    assert judgement.findings == (finding,)
 
 
 def test_judge_push_rejects_an_unknown_msg_type():
@@ -807,40 +977,58 @@ def test_judge_push_rejects_an_unknown_msg_type():
     )
     judgement = judge_push(push, 200, reply.encode())
     assert judgement.verdict is Verdict.INVALID_RESPONSE
-    assert "MsgType is 'pong'" in judgement.findings[0]
+    assert [f.id for f in judgement.findings] == ["probe_reply_type"]
+    assert judgement.findings[0].values["msg_type"] == "pong"
+
+
+def test_judge_push_names_each_wrong_reply_field():
+    push = build_push(plain_target("http://x/"))
+    reply = "<xml><ToUserName>oSomeoneElse</ToUserName><MsgType>text</MsgType></xml>"
+    judgement = judge_push(push, 200, reply.encode())
+    assert judgement.findings == (
+        Finding("probe_reply_to", {"to_user": "oSomeoneElse", "openid": TEST_OPENID}),
+        Finding(
+            "probe_reply_from", {"from_user": "", "account_id": DEFAULT_ACCOUNT_ID}
+        ),
+    )
+    zh = renderers()["zh"]
+    assert zh.finding(judgement.findings[1])["text"] == (
+        f"回复 XML 的 FromUserName 是空的，应为公众号的原始 ID {DEFAULT_ACCOUNT_ID}。"
+    )
 
 
 def test_judge_push_wants_all_parts_of_an_encrypted_reply():
     push = build_push(safe_target("http://x/"))
     reply = encrypted_reply("<xml/>").replace("<Nonce><![CDATA[777]]></Nonce>", "")
     judgement = judge_push(push, 200, reply.encode())
-    assert judgement.headline == "answered an encrypted reply without Nonce"
+    assert judgement.findings == (
+        Finding("probe_encrypt_fields", {"missing": "Nonce"}),
+    )
 
 
-def test_summary_names_another_failure_than_the_alarm():
-    result = ProbeResult(
-        verdict=Verdict.CONNECT_TIMEOUT,
-        headline="refused the connection",
-        findings=(),
-        timings=Timings(dns=1, total=2),
-        status=None,
-        response_length=None,
-        body=None,
-        url="http://x/",
-        address="203.205.140.29",
-        check="push",
-        mode=MessageMode.PLAIN,
+def test_judge_push_reads_the_xml_inside_the_encryption():
+    push = build_push(safe_target("http://x/"))
+    judgement = judge_push(push, 200, encrypted_reply("<xml><a></xml>").encode())
+    assert [f.id for f in judgement.findings] == ["probe_malformed_inner"]
+
+
+def test_judge_push_names_the_appid_a_reply_was_encrypted_for():
+    push = build_push(safe_target("http://x/"))
+    other = MessageCrypto(AES_KEY, "wx0000000000000000").encrypt("<xml/>")
+    reply = encrypted_reply("<xml/>").split("<MsgSignature>")[1]
+    body = f"<xml><Encrypt>{other}</Encrypt><MsgSignature>{reply}"
+    judgement = judge_push(push, 200, body.encode())
+    failed = {"reason": "other_appid", "appid": "wx0000000000000000"}
+    assert judgement.findings == (Finding("probe_undecryptable", failed),)
+    assert "密文是给 AppID wx0000000000000000 的" in str(
+        renderers()["zh"].finding(judgement.findings[0])["text"]
     )
-    assert result.summary("request_timeout") == (
-        "not reproduced, found connect_timeout instead: the URL refused the connection"
-    )
-    assert result.summary() == "connect_timeout: the URL refused the connection"
 
 
 def test_judge_push_flags_an_encrypted_reply_in_plain_mode():
     push = build_push(plain_target("http://x/"))
     judgement = judge_push(push, 200, encrypted_reply("<xml/>").encode())
-    assert judgement.headline == "answered an encrypted reply"
+    assert judgement.findings == (Finding("probe_encrypted_in_plain"),)
 
 
 # ---- secrets, results and rate limits
@@ -853,9 +1041,8 @@ async def test_secrets_never_appear_in_results_or_logs(serve, caplog):
     result = await run(target)
     texts = [
         repr(target),
-        json.dumps(result.to_json()),
-        format_result(result),
-        result.summary(),
+        json.dumps(probe_json(result, renderers()["zh"])),
+        json.dumps(probe_json(result, renderers()["en"])),
         caplog.text,
     ]
     for text in texts:
@@ -866,13 +1053,18 @@ async def test_secrets_never_appear_in_results_or_logs(serve, caplog):
 
 async def test_to_json_has_the_contract_keys(serve):
     server = await serve(replying(body="success"))
-    data = (await run(plain_target(server.url() + "?tenant=7"))).to_json()
+    result = await run(plain_target(server.url() + "?tenant=7"))
+    data = probe_json(result, renderers()["zh"])
     assert data["verdict"] == "ok"
     assert set(data["timings_ms"]) == {"dns", "connect", "first_byte", "total"}
     assert data["status"] == 200
     assert data["response_length"] == 7
-    assert data["findings"] == [f for f in data["findings"] if isinstance(f, str)]
-    assert data["reply"].startswith("probe: POST of an event to http://127.0.0.1:")
+    assert data["finding_ids"] == ["probe_answered_success", "url_bad_port"]
+    assert data["findings"][0] == "URL 回了 success，平台会接受。"
+    assert str(data["reply"]).startswith(f"🔎 探测：{server.url()}（明文模式）")
+    assert probe_json(result, renderers()["en"])["findings"][0] == (
+        "The URL answered success, which the platform accepts."
+    )
     assert data["url"] == server.url()
     assert server.received[0].query["tenant"] == "7"
 

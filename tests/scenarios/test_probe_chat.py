@@ -16,6 +16,7 @@ from bot.knowledge import Knowledge
 from bot.probe import sign
 from tests.httpserver import Handler, HttpServer, Received, http_response, replying
 
+from ..test_probe import english_runs
 from .conftest import BotHarness, Said, make_bot
 from .storm import START, alarm_text
 
@@ -74,10 +75,12 @@ async def test_probe_of_a_url_answering_quoted_success_reports_invalid_response(
 
     assert f"🔎 探测 {APPID}：{server.url()}（明文模式）" in reply.text
     assert "❌ 结论：回应失败" in reply.text
-    assert 'answered "success" with quotes' in reply.text
+    assert '详情：回包是带双引号的 "success"（9 字节）' in reply.text
+    assert "➜ 返回不带引号的 7 字节纯文本 success" in reply.text
     assert '回包：HTTP 200，9 字节："success"' in reply.text
     assert "总计 " in reply.text
-    assert "the platform wants the bare word success" in reply.text
+    assert f"用的是 {server.port} 端口，平台只支持 80 和 443" in reply.text
+    assert english_runs(reply.text, [server.url(), '"success"']) == []
     assert reply.mentions == ("admin",)
     assert len(server.received) == 1
 
@@ -91,7 +94,9 @@ async def test_probe_of_a_correct_url_is_ok_in_english(
     (reply,) = await ask(bot, f"/probe {APPID.upper()}")
 
     assert "✅ Verdict: ok, the platform would accept this answer." in reply.text
-    assert 'Detail: the URL answered "success" in ' in reply.text
+    assert "Detail: The URL answered success, which the platform accepts." in (
+        reply.text
+    )
     assert "Answer: HTTP 200, 7 bytes: success" in reply.text
     assert "Timings: " in reply.text
 
@@ -210,11 +215,23 @@ async def test_a_private_target_is_refused_without_the_setting(
     (reply,) = await ask(bot, f"/probe {APPID}")
 
     assert reply.text == (
-        f"不探测 {APPID}：它的 URL 指向非公网地址（127.0.0.1 is a loopback "
-        "address），平台也推不到那里。如果确实是测试环境，可在设置里打开 "
-        "probe_allow_private。"
+        f"不探测 {APPID}：它的 URL 指向非公网地址（127.0.0.1 是回环地址），"
+        "平台也推不到那里。如果确实是测试环境，可在设置里打开 probe_allow_private。"
     )
     assert server.received == []
+
+
+async def test_a_configured_url_with_a_bad_port_is_refused_in_words(
+    knowledge: Knowledge,
+) -> None:
+    probes = {APPID: {"url": "http://127.0.0.1:99999/wx", "token": TOKEN}}
+    bot = make_bot(knowledge, probes=probes, probe_allow_private=True)
+
+    (reply,) = await ask(bot, f"/probe {APPID}")
+
+    assert reply.text == (
+        f"不探测 {APPID}：设置里它的 URL 端口无效，请先改正设置项 probes。"
+    )
 
 
 async def test_secrets_never_reach_the_reply_or_the_logs(
@@ -251,8 +268,10 @@ async def test_an_alarm_is_answered_at_once_then_followed_by_the_probe(
 ) -> None:
     server = await serve(replying(body='"success"'))
     bot = probing_bot(knowledge, server)
+    sample = '[response_length=9][response_content="success"]'
+    alarm = alarm_text(APPID, "invalid_response") + sample
 
-    (diagnosis,) = await bot.post(alarm_text(APPID, "invalid_response"))
+    (diagnosis,) = await bot.post(alarm)
     (follow_up,) = await settle(bot)
 
     assert diagnosis.at - START < timedelta(seconds=1)
@@ -261,7 +280,11 @@ async def test_an_alarm_is_answered_at_once_then_followed_by_the_probe(
     assert follow_up.text.startswith(
         f"🔎【回应失败】{APPID} 自动探测：已复现（HTTP 200，9 字节，用时 "
     )
-    assert 'answered "success" with quotes' in follow_up.text
+    # In the words of the alarm reply above it.
+    words = '回包是带双引号的 "success"（9 字节），success 被当成 JSON 字符串输出了。'
+    assert f"• {words}" in diagnosis.text
+    assert follow_up.text.splitlines()[1].startswith(words)
+    assert len(follow_up.text.splitlines()) == 2
     assert follow_up.room == "ops"
     assert follow_up.mentions == ()
 
@@ -298,8 +321,10 @@ async def test_an_english_follow_up_says_what_was_reproduced(
     (follow_up,) = await settle(bot)
 
     assert follow_up.text.startswith(
-        f"🔎 [Invalid response] {APPID} probed: reproduced: the URL answered "
-        '"success" with quotes in '
+        f"🔎 [Invalid response] {APPID} probed: reproduced (HTTP 200, 9 bytes in "
+    )
+    assert follow_up.text.splitlines()[1].startswith(
+        'The reply is "success" with double quotes (9 bytes)'
     )
 
 
