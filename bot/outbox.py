@@ -201,6 +201,14 @@ class _Queued:
         )
 
 
+def _recent(sent: deque[datetime], since: datetime) -> int:
+    """How many sends in ``sent`` (oldest first) came after ``since``; the older
+    ones are dropped, so counting costs nothing per message."""
+    while sent and sent[0] <= since:
+        sent.popleft()
+    return len(sent)
+
+
 @dataclass(slots=True)
 class _Room:
     """The queue and the send history of one room (or one direct contact)."""
@@ -219,7 +227,7 @@ class _Room:
         return min(self.queue, key=lambda q: (q.priority, q.seq), default=None)
 
     def used(self, now: datetime, period: timedelta) -> int:
-        return sum(1 for at in self.sent if at > now - period)
+        return _recent(self.sent, now - period)
 
     def queued_parts(self) -> int:
         pending = [*self.queue, self.current] if self.current else self.queue
@@ -401,7 +409,7 @@ class Outbox:
         in_room = room.used(now, self._period) + room.queued_parts() + 1
         if in_room > limits.room_per_minute - limits.reserve:
             return False
-        everywhere = sum(1 for at in self._sent if at > now - self._period)
+        everywhere = _recent(self._sent, now - self._period)
         everywhere += sum(r.queued_parts() for r in self._rooms.values()) + 1
         return everywhere <= limits.global_per_minute - limits.reserve
 

@@ -324,7 +324,7 @@ class AlarmPipeline:
         room: str,
         now: datetime,
     ) -> None:
-        with self.store.transaction():
+        with self.store.batch():
             handled = [
                 self._decide(alarm, row, room, now)
                 for alarm, row in zip(alarms, rows, strict=True)
@@ -405,7 +405,7 @@ class AlarmPipeline:
         now = self.clock.now()
         recoveries = self.policy.recover(now)
         if recoveries:
-            with self.store.transaction():
+            with self.store.batch():
                 for recovery in recoveries:
                     self._note_recovery(recovery, now)
         if now - self._forgot_at >= FORGET_EVERY:
@@ -461,7 +461,8 @@ class AlarmPipeline:
         """Run the outbox and the timers in the background while inside."""
         task = asyncio.create_task(self.run())
         try:
-            yield self
+            with self.store.writing_behind():
+                yield self
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -9,16 +9,23 @@ The database runs in WAL mode with ``synchronous=NORMAL``: a committed write
 survives the process being killed (only a power cut can lose the last few). The
 schema version is SQLite's ``user_version``; ``MIGRATIONS`` brings an older file
 up to date on open.
+
+In the running bot the store writes behind (``AlarmStore.writing_behind``): the
+bookkeeping of a decision (the group's state, the reply's record, what became of
+the alarm) is committed one event-loop turn later, in one batch, so the reply is
+on its way first. Alarms are always committed before anything is decided, and
+every read sees the pending writes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
@@ -230,11 +237,85 @@ class AlarmStore:
         # checkpoints (about 40 MB of WAL between them) make it about 25% faster.
         self._db.execute("PRAGMA cache_size=-16000")
         self._db.execute("PRAGMA wal_autocheckpoint=10000")
+        self._pending: list[Callable[[], object]] = []
+        self._behind = False
+        self._flush_due = False
         self._migrate()
+        # Reply ids are handed out here, so a reply written behind has its id now.
+        self._last_reply_id = int(
+            self._db.execute("SELECT COALESCE(MAX(id), 0) FROM replies").fetchone()[0]
+        )
 
     def close(self) -> None:
-        """Close the database."""
+        """Write what is pending, then close the database."""
+        self.flush()
+        self._behind = False
         self._db.close()
+
+    @contextmanager
+    def writing_behind(self) -> Iterator[None]:
+        """Within, bookkeeping writes wait for the next event-loop turns.
+
+        ``save_group``, ``add_reply``, ``set_disposition``, ``finish_reply`` and
+        ``audit`` queue their write and return at once; two loop turns later
+        (after whatever the caller's turn woke, such as the outbox sending a
+        reply) the queue is committed in one transaction. Any other write or read
+        commits the queue first, so the order of writes and what reads see are
+        as without it. A crash can lose the queue, never a recorded alarm: an
+        alarm without its disposition is decided again on the next start.
+        Needs a running event loop; without one, writes happen at once.
+        """
+        self._behind = True
+        try:
+            yield
+        finally:
+            self._behind = False
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit the writes waiting behind, if any."""
+        self._flush_due = False
+        if not self._pending:
+            return
+        if self._depth:
+            self._write_pending()
+            return
+        with self.transaction():  # which writes what is pending
+            pass
+
+    def _later(self, write: Callable[[], object]) -> None:
+        """Run ``write`` in a transaction: now, or batched later when behind."""
+        if self._behind:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                self._pending.append(write)
+                if not self._flush_due:
+                    self._flush_due = True
+                    # NOTE: two hops, so what this turn woke (the outbox worker
+                    # with the reply) runs before the flush.
+                    loop.call_soon(loop.call_soon, self.flush)
+                return
+        with self.transaction():
+            write()
+
+    def _write_pending(self) -> None:
+        while self._pending:
+            writes, self._pending = self._pending, []
+            for write in writes:
+                try:
+                    write()
+                except (sqlite3.Error, ValueError, TypeError):
+                    # the decision stands in memory; only its record is lost
+                    logger.exception("a deferred write failed and was dropped")
+
+    def _read(self) -> sqlite3.Connection:
+        """The connection, once the writes waiting behind are in."""
+        if self._pending:
+            self.flush()
+        return self._db
 
     @property
     def schema_version(self) -> int:
@@ -262,6 +343,8 @@ class AlarmStore:
         if self._depth == 0:
             self._db.execute("BEGIN IMMEDIATE")
         self._depth += 1
+        if self._depth == 1 and self._pending:
+            self._write_pending()
         try:
             yield
         except BaseException:
@@ -272,6 +355,15 @@ class AlarmStore:
         self._depth -= 1
         if self._depth == 0:
             self._db.execute("COMMIT")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group the writes inside into one commit; when behind, the flush does."""
+        if self._behind:
+            yield
+            return
+        with self.transaction():
+            yield
 
     # --------------------------------------------------------------- alarms
 
@@ -328,16 +420,17 @@ class AlarmStore:
         self, alarm_id: int, disposition: str, reply_id: int | None = None
     ) -> None:
         """Record what became of an alarm, and the reply that carries it."""
-        with self.transaction():
-            self._db.execute(
+        self._later(
+            lambda: self._db.execute(
                 "UPDATE alarms SET disposition = ?, reply_id = ? WHERE id = ?",
                 (disposition, reply_id, alarm_id),
             )
+        )
 
     def undecided(self) -> list[tuple[StoredAlarm, str, str, str]]:
         """Alarms recorded but never decided (the bot stopped in between), as
         ``(alarm, room, sender, raw text)``, oldest first."""
-        rows = self._db.execute(
+        rows = self._read().execute(
             "SELECT a.id, a.fingerprint, a.room, a.sender, a.raw, EXISTS ("
             " SELECT 1 FROM alarms b WHERE b.fingerprint = a.fingerprint"
             " AND b.id < a.id AND b.disposition != 'duplicate')"
@@ -350,11 +443,13 @@ class AlarmStore:
 
     def fingerprints(self) -> set[str]:
         """Every recorded fingerprint (for tests and audits)."""
-        return {row[0] for row in self._db.execute("SELECT fingerprint FROM alarms")}
+        return {
+            row[0] for row in self._read().execute("SELECT fingerprint FROM alarms")
+        }
 
     def count_alarms(self) -> int:
         """How many alarm rows there are, duplicates included."""
-        return int(self._db.execute("SELECT COUNT(*) FROM alarms").fetchone()[0])
+        return int(self._read().execute("SELECT COUNT(*) FROM alarms").fetchone()[0])
 
     # -------------------------------------------------------------- replies
 
@@ -372,25 +467,29 @@ class AlarmStore:
         at: datetime,
     ) -> int:
         """Record a reply as queued; return its id."""
-        with self.transaction():
-            cursor = self._db.execute(
-                "INSERT INTO replies (room, recipient, kind, text, mentions, alarms,"
-                " appids, types, status, queued_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    room,
-                    recipient,
-                    kind,
-                    text,
-                    _dumps(list(mentions)),
-                    alarms,
-                    _dumps(_tally(appids)),
-                    _dumps(_tally(types)),
-                    "queued",
-                    at.isoformat(),
-                ),
+        self._last_reply_id += 1
+        values = (
+            self._last_reply_id,
+            room,
+            recipient,
+            kind,
+            text,
+            _dumps(list(mentions)),
+            alarms,
+            _dumps(_tally(appids)),
+            _dumps(_tally(types)),
+            "queued",
+            at.isoformat(),
+        )
+        self._later(
+            lambda: self._db.execute(
+                "INSERT INTO replies (id, room, recipient, kind, text, mentions,"
+                " alarms, appids, types, status, queued_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
             )
-        return int(cursor.lastrowid or 0)
+        )
+        return self._last_reply_id
 
     def finish_reply(
         self,
@@ -402,21 +501,24 @@ class AlarmStore:
         error: str | None = None,
     ) -> None:
         """Mark a reply ``sent`` or ``failed``."""
-        with self.transaction():
-            self._db.execute(
+        self._later(
+            lambda: self._db.execute(
                 "UPDATE replies SET status = ?, done_at = ?, error = ?,"
                 " text = COALESCE(?, text) WHERE id = ?",
                 (status, at.isoformat(), error, text, reply_id),
             )
+        )
 
     def pending_replies(self) -> list[StoredReply]:
         """The replies queued but never sent or failed, oldest first.
 
         A digest's counts are rebuilt from the alarms it carries.
         """
-        rows = self._db.execute(
-            "SELECT * FROM replies WHERE status = 'queued' ORDER BY id"
-        ).fetchall()
+        rows = (
+            self._read()
+            .execute("SELECT * FROM replies WHERE status = 'queued' ORDER BY id")
+            .fetchall()
+        )
         pending = []
         for row in rows:
             alarms, appids, types = (
@@ -456,14 +558,14 @@ class AlarmStore:
         sql, args = "SELECT * FROM replies", tuple[str, ...]()
         if status is not None:
             sql, args = sql + " WHERE status = ?", (status,)
-        return [dict(row) for row in self._db.execute(sql + " ORDER BY id", args)]
+        return [dict(row) for row in self._read().execute(sql + " ORDER BY id", args)]
 
     # ------------------------------------------------- groups, silences, acks
 
     def save_group(self, group: GroupState) -> None:
-        """Keep one group's state."""
-        with self.transaction():
-            self._db.execute(
+        """Keep one group's state (as it is when written, when behind)."""
+        self._later(
+            lambda: self._db.execute(
                 "INSERT INTO groups (room, account, type, last_ts, state)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (room, account, type)"
                 " DO UPDATE SET last_ts = excluded.last_ts, state = excluded.state",
@@ -475,6 +577,7 @@ class AlarmStore:
                     _dumps(_group_to_json(group)),
                 ),
             )
+        )
 
     def forget_groups(self, groups: Sequence[GroupState]) -> None:
         """Drop groups the policy no longer keeps."""
@@ -541,7 +644,7 @@ class AlarmStore:
         and acknowledgements."""
         groups = {}
         horizon = (now - keep).timestamp()
-        for row in self._db.execute(
+        for row in self._read().execute(
             "SELECT state FROM groups WHERE last_ts >= ?", (horizon,)
         ):
             group = _group_from_json(_loads(row[0]))
@@ -584,17 +687,19 @@ class AlarmStore:
         self, at: datetime, room: str | None, actor: str, action: str, **detail: object
     ) -> None:
         """Record an action someone took (a command, a mute, an ack)."""
-        with self.transaction():
-            self._db.execute(
+        values = (at.isoformat(), room, actor, action, _dumps(detail))
+        self._later(
+            lambda: self._db.execute(
                 "INSERT INTO audit (at, room, actor, action, detail)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (at.isoformat(), room, actor, action, _dumps(detail)),
+                values,
             )
+        )
 
     def audit_log(self) -> list[dict[str, Any]]:
         """Every audit row as a dict, oldest first."""
         return [
-            dict(row) for row in self._db.execute("SELECT * FROM audit ORDER BY id")
+            dict(row) for row in self._read().execute("SELECT * FROM audit ORDER BY id")
         ]
 
     # ---------------------------------------------------------------- stats
@@ -611,7 +716,7 @@ class AlarmStore:
         where, args = _filters(room, appid, since)
         by_type = {
             row[0]: row[1]
-            for row in self._db.execute(
+            for row in self._read().execute(
                 f"SELECT type, COUNT(*) FROM alarms {where} GROUP BY type"  # noqa: S608
                 " ORDER BY COUNT(*) DESC, type",
                 args,
@@ -653,13 +758,17 @@ class AlarmStore:
         """
         where, args = _filters(room, appid, since)
         width = window_minutes * 60
-        rows = self._db.execute(
-            "SELECT CAST(COALESCE(alarm_ts, received_ts) / ? AS INTEGER) AS b,"  # noqa: S608
-            " COUNT(*), COUNT(DISTINCT account), MAX(count),"
-            f" GROUP_CONCAT(DISTINCT type) FROM alarms {where}"
-            " GROUP BY b ORDER BY b DESC LIMIT ?",
-            (width, *args, limit),
-        ).fetchall()
+        rows = (
+            self._read()
+            .execute(
+                "SELECT CAST(COALESCE(alarm_ts, received_ts) / ? AS INTEGER) AS b,"  # noqa: S608
+                " COUNT(*), COUNT(DISTINCT account), MAX(count),"
+                f" GROUP_CONCAT(DISTINCT type) FROM alarms {where}"
+                " GROUP BY b ORDER BY b DESC LIMIT ?",
+                (width, *args, limit),
+            )
+            .fetchall()
+        )
         return [
             WindowCount(
                 start=datetime.fromtimestamp(row[0] * width, PLATFORM_TZ),

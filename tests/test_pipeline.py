@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import shutil
+import sqlite3
 from datetime import datetime
 from pathlib import Path
 
@@ -19,6 +21,12 @@ from bot.replay import drain
 from bot.settings import Settings
 
 START = datetime(2024, 5, 1, 10, 0, tzinfo=PLATFORM_TZ)
+ALARM = """Appid: wx0123456789abcdef
+昵称: 示例公众号
+时间: 2014-12-01 20:12:00
+内容: 微信服务器向公众号推送消息或事件后,开发者5秒内没有返回
+次数: 5分钟 1272次
+错误样例: [IP=203.205.140.29][Event=UnSubscribe]"""
 
 
 class RecordingChannel:
@@ -131,3 +139,45 @@ async def test_console_chat_prints_a_failed_reload_for_the_admin(
     assert out.count(headline) == 2, out  # the /reload reply and the notice
     assert f"[alarm-bot] @you {headline}" in out
     assert f"\n[alarm-bot] {headline}" in out
+
+
+class CheckingChannel:
+    """Notes, at each send, what another connection sees of the alarms."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.seen: list[list[str]] = []
+
+    async def say(self, reply: Reply) -> None:
+        reader = sqlite3.connect(self.db)
+        try:
+            rows = reader.execute("SELECT disposition FROM alarms ORDER BY id")
+            self.seen.append([row[0] for row in rows])
+        finally:
+            reader.close()
+
+
+async def test_the_reply_goes_out_before_its_bookkeeping_is_committed(
+    knowledge: Knowledge, tmp_path: Path
+) -> None:
+    db = tmp_path / "bot.db"
+    channel = CheckingChannel(db)
+    settings = Settings.model_validate(
+        {
+            "db_path": db,
+            "kb_history_dir": tmp_path / "kb-history",
+            "outbox": {"room_gap_s": 0, "switch_gap_s": 0},
+        }
+    )
+    pipeline = AlarmPipeline.open(knowledge, settings, channel)
+    async with pipeline.running():
+        pipeline.handle(Incoming(room="ops", sender="alice", text=ALARM))
+        await pipeline.outbox.join()
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    # recorded before the reply, decided in the store only after it
+    assert channel.seen[0] == ["received"]
+    assert pipeline.store.replies()[0]["status"] == "sent"
+    assert [row.id for row, *_ in pipeline.store.undecided()] == []
+    pipeline.close()

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -326,3 +328,119 @@ def test_a_killed_writer_loses_nothing_committed(tmp_path: Path) -> None:
     assert (tmp_path / "bot.db-wal").exists()
     reader.close()
     writer.close()
+
+
+def _raw_dispositions(path: Path) -> list[str]:
+    """What another connection sees committed: no pending writes flushed."""
+    reader = sqlite3.connect(path)
+    try:
+        return [row[0] for row in reader.execute("SELECT disposition FROM alarms")]
+    finally:
+        reader.close()
+
+
+async def test_writing_behind_commits_two_loop_turns_later(tmp_path: Path) -> None:
+    path = tmp_path / "bot.db"
+    store = AlarmStore(path)
+    with store.writing_behind():
+        (row,) = store.record_alarms("ops", "p", T0, [alarm()])
+        store.set_disposition(row.id, "full")
+        # the alarm itself is committed at once; what became of it waits
+        assert _raw_dispositions(path) == ["received"]
+        await asyncio.sleep(0)
+        assert _raw_dispositions(path) == ["received"]
+        await asyncio.sleep(0)
+        assert _raw_dispositions(path) == ["full"]
+    store.close()
+
+
+async def test_reads_and_writes_see_the_pending_writes_in_order(
+    tmp_path: Path,
+) -> None:
+    store = AlarmStore(tmp_path / "bot.db")
+    with store.writing_behind():
+        reply = store.add_reply(
+            room="ops",
+            recipient=None,
+            kind="alarm",
+            text="hi",
+            mentions=[],
+            alarms=1,
+            appids=[A],
+            types=["markfail"],
+            at=T0,
+        )
+        store.finish_reply(reply, "sent", T0)
+        store.audit(T0, "ops", "admin", "ack")
+
+        # a read commits what waits, in the order it was written
+        assert [(r["id"], r["status"]) for r in store.replies()] == [(reply, "sent")]
+        assert store.audit_log()[0]["action"] == "ack"
+    store.close()
+
+
+async def test_reply_ids_follow_those_already_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bot.db"
+    first = AlarmStore(path)
+    kept = [first.add_reply(**_REPLY) for _ in range(2)]
+    first.close()
+
+    again = AlarmStore(path)
+    with again.writing_behind():
+        later = again.add_reply(**_REPLY)
+    again.close()
+
+    assert kept == [1, 2]
+    assert later == 3
+
+
+async def test_close_writes_what_is_pending(tmp_path: Path) -> None:
+    path = tmp_path / "bot.db"
+    store = AlarmStore(path)
+    with store.writing_behind():
+        (row,) = store.record_alarms("ops", "p", T0, [alarm()])
+        store.set_disposition(row.id, "full")
+        store.close()
+
+    assert _raw_dispositions(path) == ["full"]
+
+
+async def test_a_failing_deferred_write_is_logged_and_the_rest_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "bot.db"
+    store = AlarmStore(path)
+    with store.writing_behind():
+        (row,) = store.record_alarms("ops", "p", T0, [alarm()])
+        store.add_reply(**_REPLY)
+        store._last_reply_id -= 1  # the next reply takes a used id and fails
+        store.add_reply(**_REPLY)
+        store.set_disposition(row.id, "full")
+        store.flush()
+    store.close()
+
+    assert "a deferred write failed" in caplog.text
+    assert _raw_dispositions(path) == ["full"]
+
+
+def test_without_a_running_loop_writes_happen_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "bot.db"
+    store = AlarmStore(path)
+    with store.writing_behind():
+        (row,) = store.record_alarms("ops", "p", T0, [alarm()])
+        store.set_disposition(row.id, "full")
+        assert _raw_dispositions(path) == ["full"]
+    store.close()
+
+
+_REPLY: dict[str, Any] = {
+    "room": "ops",
+    "recipient": None,
+    "kind": "alarm",
+    "text": "hi",
+    "mentions": [],
+    "alarms": 1,
+    "appids": [A],
+    "types": ["markfail"],
+    "at": T0,
+}
