@@ -40,7 +40,7 @@ import yaml
 
 from bot.alarm import PLATFORM_TZ
 from bot.errors import KnowledgeEditError, KnowledgeError
-from bot.knowledge import ALARM_TYPES, ID_PATTERN, Knowledge
+from bot.knowledge import ALARM_TYPES, ID_PATTERN, Knowledge, duplicate_keys
 
 if TYPE_CHECKING:
     from bot.commands import CommandContext
@@ -736,18 +736,9 @@ def _entry_data(entry_id: str, entry_yaml: str) -> dict[str, object]:
 
 def _refuse_duplicate_keys(node: yaml.Node | None) -> None:
     """YAML keeps the last of two equal keys silently; a pasted entry must not."""
-    if isinstance(node, yaml.MappingNode):
-        seen: set[object] = set()
-        for key, value in node.value:
-            if key.value in seen:
-                raise yaml.MarkedYAMLError(
-                    problem=f"duplicate key {key.value!r}", problem_mark=key.start_mark
-                )
-            seen.add(key.value)
-            _refuse_duplicate_keys(value)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _refuse_duplicate_keys(item)
+    for line, key in duplicate_keys(node):
+        problem = f"duplicate key {key!r}"
+        raise KnowledgeEditError("bad_yaml", line=line, problem=problem)
 
 
 def _default_loader(root: Path) -> Knowledge:

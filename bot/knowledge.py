@@ -421,7 +421,27 @@ def _parse_yaml(
         return None, None
     finally:
         loader.dispose()
+    repeated = list(duplicate_keys(node))
+    for line, key in repeated:
+        # YAML keeps the last of two equal keys silently: an edit would vanish
+        problems.add(path, line, f"duplicate key {key!r}")
+    if repeated:
+        return None, None
     return (_EMPTY if data is None else data), node
+
+
+def duplicate_keys(node: yaml.Node | None) -> Iterator[tuple[int, object]]:
+    """Yield the line and value of each key repeated in its mapping."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[object] = set()
+        for key, value in node.value:
+            if key.value in seen:
+                yield key.start_mark.line + 1, key.value
+            seen.add(key.value)
+            yield from duplicate_keys(value)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            yield from duplicate_keys(item)
 
 
 def line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
