@@ -40,7 +40,7 @@ import yaml
 
 from bot.alarm import PLATFORM_TZ
 from bot.errors import KnowledgeEditError, KnowledgeError
-from bot.knowledge import ALARM_TYPES, ID_PATTERN, Knowledge, duplicate_keys
+from bot.knowledge import ALARM_TYPES, ID_PATTERN, Knowledge, load_yaml
 
 if TYPE_CHECKING:
     from bot.commands import CommandContext
@@ -215,7 +215,7 @@ def is_entry_id(entry_id: str) -> bool:
 
 def _safe_load(text: str) -> object:
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a safe loader)
+        return load_yaml(text)[1]
     except yaml.YAMLError:
         return None
 
@@ -720,25 +720,20 @@ def _entry_data(entry_id: str, entry_yaml: str) -> dict[str, object]:
         raise KnowledgeEditError("no_yaml", entry_id=entry_id)
     body = normalize_yaml(entry_yaml)
     try:
-        data = yaml.load(body, Loader=_Loader)  # noqa: S506 (a safe loader)
-        _refuse_duplicate_keys(yaml.compose(body, Loader=_Loader))
+        _, data, found = load_yaml(body)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
         raise KnowledgeEditError("bad_yaml", line=line, problem=problem) from None
+    if found:
+        line, problem = found[0]
+        raise KnowledgeEditError("bad_yaml", line=line, problem=problem)
     if not isinstance(data, dict):
         raise KnowledgeEditError("not_mapping", entry_id=entry_id)
     if data.get("id") != entry_id:
         raise KnowledgeEditError("id_mismatch", entry_id=entry_id, got=data.get("id"))
     return data
-
-
-def _refuse_duplicate_keys(node: yaml.Node | None) -> None:
-    """YAML keeps the last of two equal keys silently; a pasted entry must not."""
-    for line, key in duplicate_keys(node):
-        problem = f"duplicate key {key!r}"
-        raise KnowledgeEditError("bad_yaml", line=line, problem=problem)
 
 
 def _default_loader(root: Path) -> Knowledge:

@@ -408,40 +408,78 @@ def _read_text(path: Path, problems: Problems) -> str | None:
 def _parse_yaml(
     text: str, path: Path, problems: Problems
 ) -> tuple[object, yaml.Node | None]:
-    loader = _Loader(text)
     try:
-        # One parse gives both the node tree (for line numbers) and the data.
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
+        node, data, found = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         reason = getattr(exc, "problem", None) or str(exc)
         problems.add(path, line, f"invalid YAML: {reason}")
         return None, None
-    finally:
-        loader.dispose()
-    repeated = list(duplicate_keys(node))
-    for line, key in repeated:
-        # YAML keeps the last of two equal keys silently: an edit would vanish
-        problems.add(path, line, f"duplicate key {key!r}")
-    if repeated:
+    for line, message in found:
+        problems.add(path, line, message)
+    if found:
         return None, None
     return (_EMPTY if data is None else data), node
 
 
-def duplicate_keys(node: yaml.Node | None) -> Iterator[tuple[int, object]]:
-    """Yield the line and value of each key repeated in its mapping."""
-    if isinstance(node, yaml.MappingNode):
-        seen: set[object] = set()
-        for key, value in node.value:
-            if key.value in seen:
-                yield key.start_mark.line + 1, key.value
-            seen.add(key.value)
-            yield from duplicate_keys(value)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            yield from duplicate_keys(item)
+def load_yaml(text: str) -> tuple[yaml.Node | None, object, list[tuple[int, str]]]:
+    """Parse ``text`` once into its node tree and data, refusing what YAML hides.
+
+    Returns the node (for line numbers), the data, and ``(line, problem)`` for
+    each repeated key or alias; when there are problems the data is not built.
+    Raises ``yaml.YAMLError`` when ``text`` is not YAML at all.
+    """
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        found = list(structure_problems(node))
+        if found or node is None:
+            return node, None, found
+        return node, loader.construct_document(node), []
+    finally:
+        loader.dispose()
+
+
+def structure_problems(node: yaml.Node | None) -> Iterator[tuple[int, str]]:
+    """Yield ``(line, problem)`` for each repeated key and each YAML alias.
+
+    YAML keeps the last of two equal keys silently, so an edit would vanish.
+    An alias (``*name``) shares its anchor's node: a few lines of them can
+    stand for billions of values (the "billion laughs"), and a knowledge entry
+    has no need of them. The walk visits each node once, so it stays linear in
+    the text however the aliases nest.
+    """
+    seen: set[int] = set()
+    aliased: set[int] = set()
+    stack = [node] if node is not None else []
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            if id(current) not in aliased:
+                aliased.add(id(current))
+                yield current.start_mark.line + 1, _ALIAS_PROBLEM
+            continue
+        seen.add(id(current))
+        children: list[yaml.Node] = []
+        if isinstance(current, yaml.MappingNode):
+            keys: set[str] = set()
+            for key, value in current.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in keys:
+                        yield key.start_mark.line + 1, f"duplicate key {key.value!r}"
+                    keys.add(key.value)
+                else:
+                    children.append(key)
+                children.append(value)
+        elif isinstance(current, yaml.SequenceNode):
+            children = list(current.value)
+        stack += reversed(children)
+
+
+_ALIAS_PROBLEM = (
+    "YAML anchors and aliases (&name, *name) are not allowed here: write the value out"
+)
 
 
 def line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:

@@ -203,6 +203,22 @@ def test_a_repeated_key_is_refused_with_its_line(editor: KnowledgeEditor) -> Non
     assert caught.value.details == {"line": 4, "problem": "duplicate key 'zh'"}
 
 
+def test_a_suggestion_full_of_aliases_is_refused_before_it_is_expanded(
+    editor: KnowledgeEditor,
+) -> None:
+    # Nine levels of ten aliases each stand for 10^9 strings; expanding them
+    # froze the bot for minutes. Refused from the node tree, without expanding.
+    lines = ["id: alarm_setup", 'l0: &l0 ["lol", "lol"]']
+    lines += [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 10)}]" for n in range(1, 9)]
+    lines += [f"answer: [{', '.join(['*l8'] * 10)}]"]
+    with pytest.raises(KnowledgeEditError) as caught:
+        editor.propose("alarm_setup", "\n".join(lines), MEMBER, is_suggestion=True)
+    assert caught.value.code == "bad_yaml"
+    assert caught.value.details["line"] == 2
+    assert "aliases" in str(caught.value.details["problem"])
+    assert editor.pending() == []
+
+
 @pytest.mark.parametrize("entry_id", ["../faq", "../../etc/x", "Faq", ""])
 def test_an_id_that_could_name_another_path_is_refused(
     editor: KnowledgeEditor, root: Path, entry_id: str
