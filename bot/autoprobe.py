@@ -358,13 +358,17 @@ def secret_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
     The probe quotes an answer only up to a length and marks the cut with an
     ellipsis, so a secret near the end may show as a prefix before ``...``,
     ``…`` or the end of a line: such prefixes of 4 characters or more match too.
+    A secret inside a longer word (``abc`` in ``abcdef``) is left alone.
     """
     # Longest first, so a secret that contains another is matched whole.
     ordered = sorted(set(secrets), key=len, reverse=True)
     if not ordered:
         return None
-    whole = [re.escape(secret) for secret in ordered]
-    cut = [_prefixes(secret, 4) + r"(?=\.\.\.|…|$)" for secret in ordered]
+    # A token is a few letters or digits and may be a common word: it is
+    # scrubbed where it stands alone, never out of the middle of another word.
+    alone = r"(?<![A-Za-z0-9])"
+    whole = [alone + re.escape(secret) + r"(?![A-Za-z0-9])" for secret in ordered]
+    cut = [alone + _prefixes(secret, 4) + r"(?=\.\.\.|…|$)" for secret in ordered]
     return re.compile("|".join(whole + cut), re.MULTILINE)
 
 

@@ -447,6 +447,10 @@ def main() -> None:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # httpx logs each request's URL at INFO; a probe's URL carries its
+    # signature, nonce and echostr, which have no place in the bot's log.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     cli()
 
 
@@ -507,7 +511,7 @@ def probe_command(
     when the platform would accept the answer, 1 otherwise.
     """
     from bot import probe
-    from bot.autoprobe import probe_context, probe_json
+    from bot.autoprobe import probe_context, probe_json, secret_pattern
     from bot.render import ReplyRenderer
 
     chosen = probe.MessageMode(mode or ("safe" if aes_key else "plain"))
@@ -528,9 +532,13 @@ def probe_command(
     renderer = ReplyRenderer(_knowledge(knowledge_dir), _lang(lang))
     if as_json:
         data = probe_json(result, renderer, appid)
-        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        text = json.dumps(data, ensure_ascii=False, indent=2)
     else:
-        click.echo(renderer.render("probe", **probe_context(appid, result, renderer)))
+        text = renderer.render("probe", **probe_context(appid, result, renderer))
+    # A server that echoes the request would put the token in the quoted body;
+    # the output gets pasted into chats, so it is scrubbed as the bot's are.
+    secrets = secret_pattern(s for s in (token, aes_key) if s)
+    click.echo(secrets.sub("***", text) if secrets else text)
     sys.exit(0 if result.is_ok else 1)
 
 

@@ -87,6 +87,8 @@ _EVENT_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
     "TEMPLATESENDJOBFINISH": (("MsgID", "0"), ("Status", "success")),
 }
 _EVENT_NAME_RE = re.compile(r"[A-Za-z_]{1,40}")
+# The platform's form takes a Token of 3 to 32 letters or digits, nothing else.
+_TOKEN_RE = re.compile(r"[A-Za-z0-9]{3,32}")
 
 # Cloud metadata services: link-local or private anyway, named for a precise reason.
 _METADATA_ADDRESSES = frozenset(
@@ -469,9 +471,14 @@ class ProbeTarget:
         """Check that the settings fit together.
 
         Raises:
-            ValueError: a mode needs a key and appid that are missing, the key
-                is malformed, or the event name is not a plain word.
+            ValueError: the token is not what the platform takes, a mode needs
+                a key and appid that are missing, the key is malformed, or the
+                event name is not a plain word.
         """
+        if not _TOKEN_RE.fullmatch(self.token):
+            raise ValueError(
+                "the token must be 3 to 32 letters or digits, as the platform takes it"
+            )
         if self.mode is not MessageMode.PLAIN and not (self.aes_key and self.appid):
             raise ValueError(f"{self.mode} mode needs the appid and EncodingAESKey")
         if self.aes_key:

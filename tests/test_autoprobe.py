@@ -31,7 +31,7 @@ from tests.httpserver import HttpServer, Received, http_response, replying
 
 START = datetime(2024, 5, 1, 12, 0, tzinfo=PLATFORM_TZ)
 APPID = "wx00000000000000ab"
-TOKEN = "autoprobe-t0ken-s3cret"
+TOKEN = "autoprobeT0kenS3cret"
 
 
 @dataclass
@@ -272,12 +272,21 @@ def test_secret_pattern_matches_whole_and_cut_secrets() -> None:
         return pattern.sub("***", text)
 
     assert scrub(f"token {TOKEN}!") == "token ***!"
-    assert scrub("answered 'expected autoprobe-t0...'") == "answered 'expected ***...'"
+    assert scrub("answered 'expected autoprobeT0...'") == "answered 'expected ***...'"
     assert scrub("key abcdefghijklmnop…") == "key ***…"
     assert scrub("ends with autoprob\nnext") == "ends with ***\nnext"
     assert scrub("a short abc…") == "a short abc…"
     assert scrub("autoprobe is a word here") == "autoprobe is a word here"
     assert secret_pattern([]) is None
+
+
+def test_a_short_token_is_scrubbed_only_where_it_stands_alone() -> None:
+    # A three-letter token is also a piece of many words: "HTTP" must not
+    # become "H***P" when the token is "TTP".
+    pattern = secret_pattern(["TTP"])
+    assert pattern is not None
+    scrubbed = pattern.sub("***", "HTTP 500, token=TTP, TTP.")
+    assert scrubbed == "HTTP 500, token=***, ***."
 
 
 def test_shorten_keeps_one_line_and_cuts_long_bodies() -> None:

@@ -18,7 +18,7 @@ from bot.probe import MessageCrypto, sign
 
 from .test_logscan import load_bench
 
-TOKEN = "cli-token-s3cret"
+TOKEN = "cliTokenS3cret"
 APPID = "wxb11529c136998cb6"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
@@ -159,6 +159,25 @@ def test_probe_text_on_a_correct_server_exits_0(serve):
     assert "✅ 结论：正常，平台会接受这个回包。" in result.stdout
     assert "详情：URL 回了一条格式正确的 text 回复 XML，平台会接受。" in result.stdout
     assert TOKEN not in result.output
+
+
+def test_probe_scrubs_a_token_the_server_echoes_back(serve):
+    # A misconfigured server may print its settings in the error page; the
+    # output is pasted into chats, so the token must not show.
+    page = f"<html>bad signature, expected token {TOKEN}</html>".encode()
+    server = serve(lambda method, query, body: (500, page))
+    for extra in ((), ("--json",)):
+        result = invoke(*probe_args(server.url, *extra))
+        assert result.exit_code == 1, result.output
+        assert "expected token ***" in result.output
+        assert TOKEN not in result.output
+
+
+@pytest.mark.parametrize("token", ["ab", "x" * 33, "with-dash", "空格 token"])
+def test_probe_refuses_a_token_the_platform_would_not_take(token):
+    result = invoke("probe", "http://example.invalid/wx", "--token", token)
+    assert result.exit_code == 2
+    assert "the token must be 3 to 32 letters or digits" in result.output
 
 
 def test_probe_language_comes_from_the_environment(serve):

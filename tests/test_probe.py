@@ -58,7 +58,7 @@ from bot.probe import (
 from bot.render import ReplyRenderer
 from tests.httpserver import Handler, HttpServer, Received, http_response, replying
 
-TOKEN = "probe-token-s3cret"
+TOKEN = "probeTokenS3cret"
 APPID = "wxb11529c136998cb6"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 OTHER_KEY = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut"
@@ -343,7 +343,7 @@ async def test_reply_encrypted_with_a_wrong_key_is_invalid(serve):
 
 
 async def test_reply_signed_with_a_wrong_token_is_invalid(serve):
-    server = await serve(correct_server(encrypt=True, token="another-token"))
+    server = await serve(correct_server(encrypt=True, token="anotherToken"))
     result = await run(safe_target(server.url()))
     assert result.verdict is Verdict.INVALID_RESPONSE
     assert result.outcome == Finding("probe_msg_signature")

@@ -285,7 +285,7 @@ def test_unknown_file_key_without_near_match_lists_the_known_keys(
 
 # ---- probes
 
-PROBE_TOKEN = "probe-s3cret-token"
+PROBE_TOKEN = "probeS3cretToken"
 PROBE_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 
