@@ -199,7 +199,10 @@ def _read_blocks(raw: str) -> tuple[str, list[_Block]]:
             continue
         name = _label_name(match.group("label"))
         order = _FIELDS.index(name)
-        if current is not None and (name in current.values or order <= current.last):
+        if current is not None and (
+            name in current.values
+            or (order <= current.last and _starts_alarm(labels, index))
+        ):
             blocks.append(current)
             current = None
         if name == "trailer":
@@ -211,7 +214,7 @@ def _read_blocks(raw: str) -> tuple[str, list[_Block]]:
             continue
         if current is None:
             current = _Block(start=match.start())
-        current.last = order
+        current.last = max(current.last, order)
         next_start = _next_label_start(labels, index, len(text))
         if name == "sample":
             sample, flags, end = parse_sample(text, match.end(), next_start)
@@ -224,6 +227,28 @@ def _read_blocks(raw: str) -> tuple[str, list[_Block]]:
     if current is not None:
         blocks.append(current)
     return text, [block for block in blocks if _looks_like_alarm(block)]
+
+
+def _starts_alarm(labels: list[re.Match[str]], index: int) -> bool:
+    """Whether a field out of the usual order begins the next alarm.
+
+    The platform writes Appid, 昵称, 时间, 内容, 次数, 错误样例 in that order, so
+    a field that goes back usually starts another alarm. People reorder the
+    fields when they type an alarm out, though: the field starts an alarm only
+    when the fields from it on keep the platform's order up to a 内容 line.
+    """
+    last = -1
+    for match in labels[index:]:
+        name = _label_name(match.group("label"))
+        if name == "trailer":
+            return False
+        order = _FIELDS.index(name)
+        if order <= last:
+            return False
+        if name == "content":
+            return last >= 0
+        last = order
+    return False
 
 
 def _label_name(label: str) -> str:

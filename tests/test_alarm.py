@@ -83,6 +83,46 @@ def test_parse_multiline_xml_value_keeps_text_exactly(knowledge: Knowledge) -> N
     assert alarm.sample["response_content"].endswith("</xml>")
 
 
+REORDERED = """\
+时间: 2020-06-12 14:49:00
+内容: 微信服务器向公众号推送消息或事件后,得到的回应不合法
+Appid: wxa84bba07931db925
+次数: 5分钟 93次
+昵称: 某某出行助手
+错误样例: [OpenID=o1][Stamp=1591944540][response_content="success"]
+"""
+
+
+def test_parse_fields_typed_out_of_order_stay_one_alarm(knowledge: Knowledge) -> None:
+    (alarm,) = parse(REORDERED, knowledge.matcher)
+    assert alarm.type == "invalid_response"
+    assert (alarm.appid, alarm.nickname) == ("wxa84bba07931db925", "某某出行助手")
+    assert (alarm.count, alarm.window_minutes) == (93, 5)
+    assert alarm.sample["response_content"] == '"success"'
+
+
+def test_parse_two_reordered_alarms_in_one_message(knowledge: Knowledge) -> None:
+    second = REORDERED.replace("wxa84bba07931db925", "wx0123456789abcdef")
+    first, then = parse(REORDERED + second, knowledge.matcher)
+    assert (first.appid, then.appid) == ("wxa84bba07931db925", "wx0123456789abcdef")
+    assert first.nickname == then.nickname == "某某出行助手"
+
+
+def test_parse_a_field_going_back_before_a_content_line_starts_an_alarm(
+    knowledge: Knowledge,
+) -> None:
+    # The first alarm has no 昵称 line; the second starts with one.
+    text = (
+        "Appid: wxa84bba07931db925\n时间: 2020-06-12 14:49:00\n"
+        "内容: 微信服务器向公众号推送消息或事件后,得到的回应不合法\n次数: 5分钟 93次\n"
+        "昵称: 另一个号\n时间: 2020-06-12 14:54:00\n"
+        "内容: 微信服务器向公众号推送消息或事件后,请求超时\n次数: 5分钟 7次\n"
+    )
+    first, then = parse(text, knowledge.matcher)
+    assert (first.nickname, first.count) == (None, 93)
+    assert (then.nickname, then.count) == ("另一个号", 7)
+
+
 def test_parse_pay_and_third_party_flags(knowledge: Knowledge) -> None:
     pay = next(c for c in SAMPLES if c["id"] == "wx-27")
     (alarm,) = parse(pay["alarm_text"], knowledge.matcher)
