@@ -124,7 +124,8 @@ def parse_duration(text: str) -> timedelta | None:
 class AlarmEvent:
     """The facts of one recorded alarm that the policy decides on.
 
-    ``appid`` is the app id, else the Appid text as written, else ``""``;
+    ``appid`` is the app id, else the Appid text as written, else the
+    account's nickname, else ``""``;
     ``time`` is the platform's 时间, which places the alarm in its window.
     """
 
@@ -156,8 +157,12 @@ class AlarmEvent:
 
 
 def account_of(alarm: Alarm) -> str:
-    """The account an alarm is about: its app id, else its Appid text, else ``""``."""
-    return alarm.appid or alarm.appid_raw or ""
+    """The account an alarm is about: its app id, else its Appid text, else ``""``.
+
+    An alarm without an Appid line still names its account when it has a
+    nickname (公众号名称), and two such accounts must not share a group.
+    """
+    return alarm.appid or alarm.appid_raw or alarm.nickname or ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -407,3 +407,4 @@ def test_alarm_event_from_alarm_keys_by_appid_or_raw_text() -> None:
     assert event.key == ("ops", "wx30****", "markfail")
     assert event.window_minutes == 5
     assert account_of(Alarm(type="unknown")) == ""
+    assert account_of(Alarm(type="markfail", nickname="测试号")) == "测试号"
