@@ -332,6 +332,7 @@ CHAT_BANNER = (
 @cli.command()
 @LANG_OPTION
 @KB_OPTION
+@CONFIG_OPTION
 @click.option("--sender", default="you", help="The name you speak as.")
 @click.option("--admin", is_flag=True, help="Speak as an admin.")
 @click.option(
@@ -344,17 +345,32 @@ CHAT_BANNER = (
 def chat(
     lang: str | None,
     knowledge_dir: Path | None,
+    config_path: Path | None,
     sender: str,
     admin: bool,
     db_path: Path | None,
 ) -> None:
-    """A terminal group chat with the bot: the embedded default."""
+    """A terminal group chat with the bot: the embedded default.
+
+    Takes the settings ``run`` takes (probes, rooms, limits), speaking as
+    SENDER; the history stays in memory unless --db names a file.
+    """
+    from bot.errors import SettingsError
     from bot.pipeline import chat_in_console
-    from bot.settings import Settings
+    from bot.settings import load_settings
 
     knowledge = _knowledge(knowledge_dir)
-    settings = Settings.model_validate(
-        {"lang": _lang(lang), "admins": [sender] if admin else [], "db_path": db_path}
+    try:
+        loaded = load_settings(config_path)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    admins = [*loaded.admins, sender] if admin else loaded.admins
+    settings = loaded.model_copy(
+        update={
+            "lang": _lang(lang or loaded.lang),
+            "admins": admins,
+            "db_path": db_path,
+        }
     )
     banner = CHAT_BANNER if sys.stdin.isatty() else None
     asyncio.run(chat_in_console(knowledge, settings, sender=sender, banner=banner))

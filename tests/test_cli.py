@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -109,3 +110,20 @@ def test_chat_reads_stdin() -> None:
     assert result.exit_code == 0, result.output
     assert "请求超时" in result.output
     assert "alarm-bot 0." in result.output
+
+
+def test_chat_takes_the_settings_run_takes(tmp_path: Path) -> None:
+    config = tmp_path / "bot.yaml"
+    config.write_text("lang: en\nadmins: [boss]\n", encoding="utf-8")
+    result = _run("chat", "--config", str(config), "--sender", "boss", stdin="/help\n")
+    assert result.exit_code == 0, result.output
+    assert "/kb show|set|suggest|confirm" in result.output  # boss is an admin
+    assert "I am the alarm assistant" in result.output  # lang: en
+
+
+def test_chat_with_a_broken_config_says_which(tmp_path: Path) -> None:
+    config = tmp_path / "bot.yaml"
+    config.write_text("colour: red\n", encoding="utf-8")
+    result = _run("chat", "--config", str(config), stdin="/help\n")
+    assert result.exit_code == 1
+    assert "colour" in result.output
