@@ -606,11 +606,15 @@ def logs_command(
     from bot import logscan
     from bot.render import ReplyRenderer
 
+    option = "--tz"  # the option being parsed, for the error message
     try:
-        moment = logscan.parse_around(around, tz)
+        zone = logscan.parse_zone(tz)
+        option = "--around"
+        moment = logscan.parse_around(around, zone)
+        option = "--window"
         span = logscan.parse_window(window)
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise click.BadParameter(str(exc), param_hint=f"'{option}'") from None
     renderer = ReplyRenderer(_knowledge(knowledge_dir), _lang(lang))
     try:
         report = logscan.scan_logs(

@@ -3,7 +3,11 @@
 nginx writes its logs in time order, so the window is found by a binary search
 on byte offsets: a handful of seeks, then only the window is read, whatever the
 size of the file. Gzip-rotated files cannot seek cheaply; they are read from
-the start up to the end of the window, and the report says so.
+the start up to the end of the window, and the report says so. A log that is
+not in time order (two files concatenated, a sorted-by-something-else export)
+defeats the search: a few evenly spaced lines and the lines read are checked
+for order, and the report warns when they are not. No line is read whole past
+``MAX_LINE`` bytes, so one huge line cannot fill the memory.
 
 Three access-log formats are understood: the guide's ``main`` format (with
 ``request_time`` and the upstream fields), nginx's default ``combined``, and
@@ -22,12 +26,13 @@ import collections
 import dataclasses
 import functools
 import gzip
+import itertools
 import math
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple, cast
 
@@ -59,6 +64,20 @@ PLATFORM_TIMEOUT = 5.0
 
 SLOW_UPSTREAM = 1.0
 """upstream_response_time p95, in seconds, from which the backend is the slow part."""
+
+MAX_WINDOW = timedelta(days=31)
+"""The longest window ``--window`` takes."""
+
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+"""Alarm times outside [EARLIEST, LATEST) are refused: the window, its
+baseline and their display must stay within what ``datetime`` can hold."""
+
+MAX_LINE = 64 * 1024
+"""Bytes of one line read at most; a longer line is skipped, not parsed."""
+
+SKIPPED_LINE = b"<line over 64 KiB skipped>\n"
+"""What a line over ``MAX_LINE`` reads as: it matches no format."""
 
 REPORTED_STATUSES = ("403", "404", "499", "500", "502", "503", "504")
 """Statuses the conclusions explain from the ``nginx_status`` table; kb check
@@ -95,6 +114,15 @@ _SEPARATORS = re.compile(r", | : ")
 _ERROR_TIME = re.compile(rb"^(\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d) ")
 _SEEK_BLOCK = 64 * 1024
 _SLACK = 60.0
+_ORDER_PROBES = 16
+_HEAD_LINES = 20
+_WINDOW_RANGE = (
+    f"a window must be longer than 0 and at most {MAX_WINDOW.days} days "
+    f"({MAX_WINDOW.days * 24}h)"
+)
+_AROUND_RANGE = (
+    f"the alarm time must be from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d} (UTC)"
+)
 
 
 class LogScanError(BotError):
@@ -271,6 +299,35 @@ def resolve_format(spec: str | None, samples: Sequence[str]) -> LogFormat:
     )
 
 
+def check_format(log_format: LogFormat, path: Path, head: Sequence[str]) -> None:
+    """Refuse a format that most of the first lines of ``path`` do not match.
+
+    Without this check a wrong ``--format`` reads as a window without requests.
+
+    Raises:
+        LogScanError: more than half of ``head`` does not parse; the message
+            shows the first such line, shortened and without its query string.
+    """
+    lines = [line.rstrip("\r\n") for line in head if line.strip()]
+    failed = [line for line in lines if log_format.parse(line) is None]
+    if len(failed) * 2 <= len(lines):
+        return
+    name = log_format.name if log_format.name != "custom" else repr(log_format.text)
+    raise LogScanError(
+        f"the log format {name} does not match {path}: {len(failed)} of its first "
+        f"{len(lines)} lines do not parse, the first of them: {_shown_line(failed[0])}"
+        " (pass the log_format of this file with --format: main, combined or "
+        "the string from nginx.conf)"
+    )
+
+
+def _shown_line(line: str, limit: int = 160) -> str:
+    # Lines are decoded as latin-1 to keep every byte; show them as UTF-8.
+    text = line.encode("latin-1", errors="replace").decode("utf-8", errors="replace")
+    text = _QUERY.sub("?…", text)
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
 def _unquote_config(text: str) -> str:
     # Accept a pasted config line: log_format main '...' '...';
     if "'" in text:
@@ -343,6 +400,25 @@ def _dash_none(text: str) -> str | None:
 # ---- seeking
 
 
+def read_line(stream: BinaryIO) -> bytes:
+    """Read one line, b"" at the end; a line over ``MAX_LINE`` as ``SKIPPED_LINE``.
+
+    The rest of a long line is read past in ``MAX_LINE`` blocks, so memory stays
+    bounded however long the line.
+    """
+    line = stream.readline(MAX_LINE)
+    if len(line) < MAX_LINE or line.endswith(b"\n"):
+        return line
+    while True:
+        rest = stream.readline(MAX_LINE)
+        if not rest or rest.endswith(b"\n"):
+            return SKIPPED_LINE
+
+
+def _lines(stream: BinaryIO) -> Iterator[bytes]:
+    return iter(functools.partial(read_line, stream), b"")
+
+
 def seek_time(
     stream: BinaryIO,
     size: int,
@@ -366,6 +442,36 @@ def seek_time(
     return low
 
 
+def is_time_ordered(
+    stream: BinaryIO, size: int, line_time: Callable[[bytes], float | None]
+) -> bool:
+    """Return False if lines spread over the file go back in time.
+
+    Reads the first timed line after each of ``_ORDER_PROBES`` evenly spaced
+    offsets and near the end (a block each at most), not the whole file. Steps
+    back up to a minute are normal (see ``read_lines``).
+    """
+    offsets = {size * index // _ORDER_PROBES for index in range(_ORDER_PROBES)}
+    offsets.add(max(0, size - 4096))
+    times = []
+    for offset in sorted(offsets):
+        found = _first_timed_line(
+            stream, offset, min(size, offset + _SEEK_BLOCK), line_time
+        )
+        if found is not None:
+            times.append(found[1])
+    return _is_ordered(times)
+
+
+def _is_ordered(times: Iterable[float]) -> bool:
+    latest = -math.inf
+    for moment in times:
+        if moment < latest - _SLACK:
+            return False
+        latest = max(latest, moment)
+    return True
+
+
 def _first_timed_line(
     stream: BinaryIO,
     position: int,
@@ -374,10 +480,10 @@ def _first_timed_line(
 ) -> tuple[int, float] | None:
     stream.seek(position)
     if position:
-        stream.readline()  # the rest of a line that starts before ``position``
+        read_line(stream)  # the rest of a line that starts before ``position``
     while True:
         offset = stream.tell()
-        line = stream.readline()
+        line = read_line(stream)
         if not line or offset >= limit:
             return None
         moment = line_time(line)
@@ -390,16 +496,20 @@ def _open_at(
     compressed: bool,
     target: float,
     line_time: Callable[[bytes], float | None],
-) -> BinaryIO:
+) -> tuple[BinaryIO, bool]:
+    # Returns the stream and whether a sample of its lines is in time order;
+    # a gzip stream cannot be sampled, so only the lines read tell.
     if compressed:
-        return cast(BinaryIO, gzip.open(path, "rb"))
+        return cast(BinaryIO, gzip.open(path, "rb")), True
     stream = path.open("rb")
     try:
-        stream.seek(seek_time(stream, path.stat().st_size, target, line_time))
+        size = path.stat().st_size
+        is_ordered = is_time_ordered(stream, size, line_time)
+        stream.seek(seek_time(stream, size, target, line_time))
     except BaseException:
         stream.close()
         raise
-    return stream
+    return stream, is_ordered
 
 
 def _is_gzip(path: Path) -> bool:
@@ -417,6 +527,9 @@ class FileRead:
         bytes_read: bytes read after the seek (uncompressed for gzip).
         seek_ms: time spent seeking.
         read_ms: time spent reading and parsing.
+        is_ordered: False when lines went back in time by more than a
+            minute, in a sample of the file or in the lines read: the seek
+            and the stop at the window's end may then have missed lines.
     """
 
     path: str
@@ -424,6 +537,15 @@ class FileRead:
     bytes_read: int
     seek_ms: float
     read_ms: float
+    is_ordered: bool = True
+
+
+@dataclass(slots=True)
+class _Progress:
+    bytes: int = 0
+    seek: float = 0.0
+    read: float = 0.0
+    is_ordered: bool = True
 
 
 def read_lines(
@@ -435,44 +557,50 @@ def read_lines(
     """Return the raw lines of ``path`` logged in about [start, end), and a report.
 
     Lines up to a minute out of order around the edges are included; callers
-    filter by exact time. The report function is valid once the lines are
-    consumed.
+    filter by exact time. A line over ``MAX_LINE`` reads as ``SKIPPED_LINE``.
+    The report function is valid once the lines are consumed.
     """
     compressed = _is_gzip(path)
-    counters = {"bytes": 0, "seek": 0.0, "read": 0.0}
+    progress = _Progress()
 
     def lines() -> Iterator[bytes]:
         began = time.perf_counter()
-        with _open_at(path, compressed, start - _SLACK, line_time) as stream:
-            counters["seek"] = time.perf_counter() - began
+        stream, progress.is_ordered = _open_at(
+            path, compressed, start - _SLACK, line_time
+        )
+        with stream:
+            progress.seek = time.perf_counter() - began
             began = time.perf_counter()
-            read = 0
+            first = stream.tell()
+            latest = -math.inf
             in_range = False
             try:
-                for count, line in enumerate(stream):
-                    read += len(line)
+                for count, line in enumerate(_lines(stream)):
                     # Lines are in time order: once in range, checking every
                     # 64th line for the end costs little and saves most parsing.
                     if not in_range or not count % 64:
                         moment = line_time(line)
-                        if moment is not None and moment >= end + _SLACK:
-                            break
-                        in_range = in_range or (
-                            moment is not None and moment >= start - _SLACK
-                        )
+                        if moment is not None:
+                            if moment >= end + _SLACK:
+                                break
+                            in_range = in_range or moment >= start - _SLACK
+                            if moment < latest - _SLACK:
+                                progress.is_ordered = False
+                            latest = max(latest, moment)
                     if in_range:
                         yield line
             finally:
-                counters["bytes"] = read
-                counters["read"] = time.perf_counter() - began
+                progress.bytes = stream.tell() - first
+                progress.read = time.perf_counter() - began
 
     def report() -> FileRead:
         return FileRead(
             str(path),
             compressed,
-            int(counters["bytes"]),
-            counters["seek"] * 1000,
-            counters["read"] * 1000,
+            progress.bytes,
+            progress.seek * 1000,
+            progress.read * 1000,
+            progress.is_ordered,
         )
 
     return lines(), report
@@ -516,7 +644,10 @@ def nearest_rank(ordered: Sequence[float], percent: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class MinuteCount:
-    """Requests of one minute: all, failed (4xx, 5xx, 499) and 5 s or slower."""
+    """Requests of one minute: all, failed and 5 s or slower.
+
+    Failed is every status but 200: the platform takes no other answer.
+    """
 
     minute: float
     requests: int
@@ -585,16 +716,12 @@ def summarize(
     )
 
 
-def _is_failure(record: AccessRecord) -> bool:
-    return record.status >= "400" or record.status == "499"
-
-
 def _per_minute(records: Sequence[AccessRecord]) -> tuple[MinuteCount, ...]:
     minutes: dict[float, list[int]] = {}
     for record in records:
         counts = minutes.setdefault(record.time // 60 * 60, [0, 0, 0])
         counts[0] += 1
-        counts[1] += _is_failure(record)
+        counts[1] += record.status != "200"
         counts[2] += (record.request_time or 0.0) >= PLATFORM_TIMEOUT
     return tuple(MinuteCount(m, *counts) for m, counts in sorted(minutes.items()))
 
@@ -696,6 +823,8 @@ class LogReport:
         conclusions: what the numbers support, the main one first.
         notes: caveats on how the logs were read.
         elapsed_ms: the whole analysis time.
+        warnings: reasons the counts may be incomplete, e.g. a log that is
+            not in time order.
     """
 
     window: WindowStats
@@ -707,6 +836,7 @@ class LogReport:
     conclusions: tuple[Remark, ...]
     notes: tuple[Remark, ...]
     elapsed_ms: float
+    warnings: tuple[Remark, ...] = ()
 
     def to_json(self, renderer: ReplyRenderer) -> dict[str, object]:
         """Return the ``--json`` object, its texts in ``renderer``'s language.
@@ -730,6 +860,8 @@ class LogReport:
             "conclusions": render_remarks(self.conclusions, renderer),
             "conclusion_ids": [remark.id for remark in self.conclusions],
             "notes": render_remarks(self.notes, renderer),
+            "warnings": render_remarks(self.warnings, renderer),
+            "warning_ids": [remark.id for remark in self.warnings],
             "elapsed_ms": round(self.elapsed_ms, 1),
             "reply": format_report(self, renderer),
         }
@@ -756,24 +888,31 @@ def scan_logs(
         error_log: nginx's error log, plain or gzip.
 
     Raises:
-        LogScanError: a file cannot be read or its format is not understood.
-        ValueError: ``around`` has no time zone.
+        LogScanError: a file cannot be read, every access log is empty, or
+            the format is not understood or does not match a file.
+        ValueError: ``around`` has no time zone or is out of range, or the
+            window is not positive or longer than ``MAX_WINDOW``.
     """
     if around.tzinfo is None:
         raise ValueError("around must carry a time zone")
+    if not EARLIEST <= around < LATEST:
+        raise ValueError(f"{around} is out of range: {_AROUND_RANGE}")
+    if not timedelta(0) < window <= MAX_WINDOW:
+        raise ValueError(f"a window of {window} is out of range: {_WINDOW_RANGE}")
     began = time.perf_counter()
     start = around.timestamp()
     end = start + window.total_seconds()
     base_start = start - window.total_seconds()
     try:
-        fmt = resolve_format(log_format, _head(access_logs[0]))
+        fmt, head = _access_format(access_logs, log_format)
         records: list[AccessRecord] = []
+        unparsed: collections.Counter[str] = collections.Counter()
         files = []
         for path in access_logs:
             lines, report = read_lines(path, base_start, end, fmt.line_time)
-            records += _parse_lines(fmt, lines)
+            records += _parse_lines(fmt, lines, unparsed)
             files.append(report())
-        offset = _utc_offset(access_logs[0], fmt, around)
+        offset = _utc_offset(head, fmt, around)
         errors = None
         if error_log is not None:
             err_lines, err_report = read_lines(
@@ -794,28 +933,69 @@ def scan_logs(
         files=tuple(files),
         utc_offset=offset,
         conclusions=conclude(stats, baseline, errors),
-        notes=_read_notes(fmt, files),
+        notes=_read_notes(fmt, files, unparsed),
         elapsed_ms=(time.perf_counter() - began) * 1000,
+        warnings=tuple(
+            Remark("unordered", {"path": read.path})
+            for read in files
+            if not read.is_ordered
+        ),
     )
 
 
-def _head(path: Path, count: int = 20) -> list[str]:
-    opener = gzip.open if _is_gzip(path) else open
-    with opener(path, "rb") as stream:
-        return [stream.readline().decode("latin-1") for _ in range(count)]
+def _access_format(
+    access_logs: Sequence[Path], log_format: str | None
+) -> tuple[LogFormat, list[str]]:
+    # Returns the format and the first lines of the first access log with any.
+    heads = [(path, _head(path)) for path in access_logs]
+    filled = [(path, head) for path, head in heads if head]
+    if not filled:
+        names = ", ".join(map(str, access_logs))
+        raise LogScanError(
+            f"nothing to scan: {names} {'is' if len(heads) == 1 else 'are'} empty"
+        )
+    fmt = resolve_format(log_format, filled[0][1])
+    for path, head in filled:
+        check_format(fmt, path, head)
+    return fmt, filled[0][1]
 
 
-def _parse_lines(fmt: LogFormat, lines: Iterable[bytes]) -> Iterator[AccessRecord]:
+def _head(path: Path, count: int = _HEAD_LINES) -> list[str]:
+    # The first lines that are not blank, of the first thousand.
+    lines = []
+    with _open_log(path) as stream:
+        for line in itertools.islice(_lines(stream), 1000):
+            if line.strip():
+                lines.append(line.decode("latin-1"))
+            if len(lines) == count:
+                break
+    return lines
+
+
+def _open_log(path: Path) -> BinaryIO:
+    if _is_gzip(path):
+        return cast(BinaryIO, gzip.open(path, "rb"))
+    return path.open("rb")
+
+
+def _parse_lines(
+    fmt: LogFormat, lines: Iterable[bytes], unparsed: collections.Counter[str]
+) -> Iterator[AccessRecord]:
+    # Counts in ``unparsed`` the lines that do not parse, and the long ones.
     for line in lines:
         record = fmt.parse(line.decode("latin-1").rstrip("\r\n"))
         if record is not None:
             yield record
+        elif line is SKIPPED_LINE:
+            unparsed.update(("lines", "long"))
+        elif line.strip():
+            unparsed["lines"] += 1
 
 
-def _utc_offset(path: Path, fmt: LogFormat, around: datetime) -> float:
+def _utc_offset(head: Sequence[str], fmt: LogFormat, around: datetime) -> float:
     # The error log has no zone: nginx writes it in the access log's local time.
     if fmt.time_field == "time_local":
-        for line in _head(path):
+        for line in head:
             match = fmt.pattern.match(line)
             if match and re.search(r"[+-]\d{4}$", match["time_local"]):
                 stamp = match["time_local"][-5:]
@@ -825,10 +1005,18 @@ def _utc_offset(path: Path, fmt: LogFormat, around: datetime) -> float:
     return delta.total_seconds() if delta else 0.0
 
 
-def _read_notes(fmt: LogFormat, files: Sequence[FileRead]) -> tuple[Remark, ...]:
+def _read_notes(
+    fmt: LogFormat, files: Sequence[FileRead], unparsed: collections.Counter[str]
+) -> tuple[Remark, ...]:
     notes = []
     if "request_time" not in fmt.fields:
         notes.append(Remark("no_request_time", {"format": fmt.name}))
+    if unparsed["lines"]:
+        values: dict[str, RemarkValue] = {
+            "lines": unparsed["lines"],
+            "long": unparsed["long"],
+        }
+        notes.append(Remark("unparsed", values))
     for read in files:
         if read.compressed:
             megabytes = round(read.bytes_read / 1e6, 1)
@@ -853,12 +1041,15 @@ def conclude(
             return (Remark("no_requests", values),)
         return (Remark("no_traffic"),)
     signs = errors.counts if errors else {}
-    found = [
-        *_exhaustion(signs),
-        *_timeouts(window),
-        *_gateway(window, signs),
-        *_client_errors(window),
-    ]
+    causes = [*_exhaustion(signs), *_timeouts(window)]
+    answers = [*_gateway(window, signs), *_client_errors(window)]
+    covered = {str(remark.values["status"]) for remark in answers}
+    if any(remark.id == "timeouts" for remark in causes):
+        covered.add("499")
+    answers += _other_statuses(window, covered)
+    # The status most requests got leads; sort() keeps ties in the order above.
+    answers.sort(key=lambda remark: -int(remark.values["count"] or 0))
+    found = causes + answers + _rest_statuses(window, covered)
     if found:
         return tuple(found)
     return (_all_clear(window, signs),)
@@ -921,6 +1112,37 @@ def _statuses(window: WindowStats, statuses: Sequence[str]) -> list[Remark]:
     ]
 
 
+def _uncovered(window: WindowStats, covered: set[str]) -> dict[str, int]:
+    # 200 is the one answer the platform accepts: every other one fails a push.
+    return {
+        code: count
+        for code, count in window.status.items()
+        if code != "200" and code not in covered
+    }
+
+
+def _other_statuses(window: WindowStats, covered: set[str]) -> list[Remark]:
+    return _statuses(window, tuple(_uncovered(window, covered)))
+
+
+def _rest_statuses(window: WindowStats, covered: set[str]) -> list[Remark]:
+    # Statuses each too rare to conclude from, but together a share that is not.
+    rest = {
+        code: count
+        for code, count in _uncovered(window, covered).items()
+        if not _significant(count, window.requests)
+    }
+    total = sum(rest.values())
+    if not _significant(total, window.requests):
+        return []
+    ranked = sorted(rest.items(), key=lambda item: -item[1])
+    values: dict[str, RemarkValue] = {
+        "count": total,
+        "statuses": ", ".join(f"{code} ×{count}" for code, count in ranked),
+    }
+    return [Remark("other_statuses", values)]
+
+
 def _all_clear(window: WindowStats, signs: dict[str, int]) -> Remark:
     timing = window.request_time
     values: dict[str, RemarkValue] = {
@@ -940,38 +1162,56 @@ def parse_window(text: str) -> timedelta:
     """Parse ``5m``, ``300s``, ``1h`` or a bare number of minutes.
 
     Raises:
-        ValueError: not such a duration.
+        ValueError: not such a duration, or not in (0, ``MAX_WINDOW``].
     """
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
     if match is None:
         raise ValueError(f"not a duration: {text!r} (use 5m, 300s or 1h)")
     unit = {"s": 1, "m": 60, "h": 3600, "": 60}[match[2]]
-    return timedelta(seconds=float(match[1]) * unit)
+    seconds = float(match[1]) * unit
+    # Compared as a float first: timedelta() overflows on absurd values.
+    if not 0 < seconds <= MAX_WINDOW.total_seconds():
+        raise ValueError(f"{text.strip()!r} is out of range: {_WINDOW_RANGE}")
+    return timedelta(seconds=seconds)
 
 
-def parse_around(text: str, zone: str = "+08:00") -> datetime:
+def parse_around(text: str, zone: str | tzinfo = "+08:00") -> datetime:
     """Parse the alarm time, e.g. ``2014-12-01 20:12:00``, in ``zone`` if naive.
 
     Raises:
-        ValueError: not a time, or not a zone like ``+08:00``.
+        ValueError: not a time, not in [``EARLIEST``, ``LATEST``), or not a
+            zone like ``+08:00``.
     """
-    moment = datetime.fromisoformat(text.strip())
-    if moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=parse_zone(zone))
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"not a time: {text!r} (use 2014-12-01 20:12:00, or "
+            "2014-12-01T20:12:00+08:00 with a UTC offset)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(
+            tzinfo=parse_zone(zone) if isinstance(zone, str) else zone
+        )
+    if not EARLIEST <= moment < LATEST:
+        raise ValueError(f"{text.strip()!r} is out of range: {_AROUND_RANGE}")
+    return moment
 
 
 def parse_zone(text: str) -> timezone:
     """Parse ``+08:00``, ``+0800``, ``-05:30`` or ``UTC``.
 
     Raises:
-        ValueError: not such a zone.
+        ValueError: not such a zone, or more than 23:59 from UTC.
     """
     if text.strip().upper() in ("UTC", "Z"):
         return UTC
     match = re.fullmatch(r"\s*([+-])(\d\d):?(\d\d)\s*", text)
-    if match is None:
-        raise ValueError(f"not a UTC offset: {text!r} (use +08:00)")
+    if match is None or int(match[2]) > 23 or int(match[3]) > 59:
+        raise ValueError(
+            f"not a UTC offset: {text!r} (use UTC, or +HH:MM or +HHMM from "
+            "-23:59 to +23:59, e.g. +08:00)"
+        )
     sign = -1 if match[1] == "-" else 1
     return timezone(sign * timedelta(hours=int(match[2]), minutes=int(match[3])))
 
@@ -1061,6 +1301,7 @@ def report_context(report: LogReport, renderer: ReplyRenderer) -> dict[str, obje
         ],
         "elapsed_ms": report.elapsed_ms,
         "notes": render_remarks(report.notes, renderer),
+        "warnings": render_remarks(report.warnings, renderer),
         "conclusions": render_remarks(report.conclusions, renderer),
     }
 
@@ -1188,21 +1429,27 @@ SAMPLE_REMARKS: tuple[Remark, ...] = (
     Remark("bad_gateway", {"status": "502", "count": 30, "refused": 0}),
     *(
         Remark("status", {"status": status, "count": 12})
-        for status in (*REPORTED_STATUSES, "418")
+        for status in (*REPORTED_STATUSES, "405", "304", "418")
     ),
+    Remark("other_statuses", {"count": 9, "statuses": "401 ×4, 429 ×3, 204 ×2"}),
     Remark("all_clear", {"requests": 200, "not_ok": 0, "p99": 0.05, "reset": 2}),
     Remark("all_clear", {"requests": 200, "not_ok": 2, "p99": None, "reset": 0}),
     Remark("no_request_time", {"format": "combined"}),
     Remark("gzip", {"path": "/var/log/nginx/access.log.1.gz", "megabytes": 136.2}),
+    Remark("unparsed", {"lines": 3, "long": 1}),
+    Remark("unparsed", {"lines": 2, "long": 0}),
+    Remark("unordered", {"path": "/var/log/nginx/access.log"}),
 )
-"""Every conclusion and note id, with values for each branch of its wording."""
+"""Every conclusion, note and warning id, with values for each branch of its
+wording."""
 
 
 def sample_reports() -> tuple[LogReport, ...]:
     """A busy and an empty made-up report, for kb check to render ``logs`` with.
 
     The busy one has every section: a status with its own row, one with its
-    class's (304), one with none (418), every error-log sign and both notes.
+    class's (303), one with none (418), every error-log sign, every note and
+    a warning.
     """
     start = calendar.timegm((2014, 12, 1, 12, 12, 0))
     # (status, upstream status, seconds); None: no upstream answered
@@ -1210,7 +1457,7 @@ def sample_reports() -> tuple[LogReport, ...]:
         ("200", "200", 0.05),
         ("499", None, 5.2),
         ("502", "502", 0.001),
-        ("304", "304", 0.01),
+        ("303", "303", 0.01),
         ("418", "418", 0.01),
         ("504", "504", 3.0),
     ]
@@ -1244,8 +1491,11 @@ def sample_reports() -> tuple[LogReport, ...]:
         ),
         utc_offset=8 * 3600,
         conclusions=SAMPLE_REMARKS[4:6],
-        notes=tuple(r for r in SAMPLE_REMARKS if r.id in ("no_request_time", "gzip")),
+        notes=tuple(
+            r for r in SAMPLE_REMARKS if r.id in ("no_request_time", "gzip", "unparsed")
+        ),
         elapsed_ms=418.0,
+        warnings=tuple(r for r in SAMPLE_REMARKS if r.id == "unordered"),
     )
     quiet = summarize([], start, start + 300)
     empty = LogReport(

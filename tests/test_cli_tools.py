@@ -294,26 +294,86 @@ def test_logs_reads_the_meanings_from_the_knowledge_given(logs, tmp_path):
     assert old not in result.stdout
 
 
+AROUND = "2014-12-01 20:12:00"
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--around", "yesterday"], "Invalid isoformat string"),
-        (["--around", "2014-12-01 20:12:00", "--window", "soon"], "not a duration"),
-        (["--around", "2014-12-01 20:12:00", "--tz", "Mars"], "not a UTC offset"),
+        (
+            ["--around", "yesterday"],
+            "Invalid value for '--around': not a time: 'yesterday' "
+            "(use 2014-12-01 20:12:00, or 2014-12-01T20:12:00+08:00 with a UTC offset)",
+        ),
+        (
+            ["--around", "9999-12-31 23:59:00"],
+            "Invalid value for '--around': '9999-12-31 23:59:00' is out of range: "
+            "the alarm time must be from 1970-01-01 to before 9999-01-01 (UTC)",
+        ),
+        (["--around", "0001-01-01 00:00:00"], "'0001-01-01 00:00:00' is out of range"),
+        (["--around", AROUND, "--window", "soon"], "not a duration"),
+        (
+            ["--around", AROUND, "--window", "99999999h"],
+            "Invalid value for '--window': '99999999h' is out of range: a window "
+            "must be longer than 0 and at most 31 days (744h)",
+        ),
+        (["--around", AROUND, "--window", "0"], "'0' is out of range"),
+        (["--around", AROUND, "--tz", "Mars"], "not a UTC offset"),
+        (
+            ["--around", AROUND, "--tz", "+25:00"],
+            "Invalid value for '--tz': not a UTC offset: '+25:00' (use UTC, or "
+            "+HH:MM or +HHMM from -23:59 to +23:59, e.g. +08:00)",
+        ),
     ],
 )
-def test_logs_bad_values_are_usage_errors(logs, extra, message):
+def test_logs_bad_values_are_one_line_usage_errors(logs, extra, message):
     result = invoke("logs", str(logs[0]), *extra)
     assert result.exit_code == 2
-    assert message in result.output
+    assert isinstance(result.exception, SystemExit)  # not a traceback
+    *_, last = result.output.splitlines()
+    assert last.startswith("Error: Invalid value for '--")
+    assert message in last
 
 
 def test_logs_unknown_format_is_an_error(tmp_path):
     path = tmp_path / "odd.log"
     path.write_text("not an nginx line\n")
-    result = invoke("logs", str(path), "--around", "2014-12-01 20:12:00")
+    result = invoke("logs", str(path), "--around", AROUND)
     assert result.exit_code == 1
     assert "pass its log_format with --format" in result.output
+
+
+def test_logs_format_that_does_not_match_is_an_error(logs):
+    result = invoke("logs", str(logs[0]), "--around", AROUND, "--format", "combined")
+    assert result.exit_code == 0, result.output  # main lines start like combined
+    result = invoke(
+        "logs", str(logs[0]), "--around", AROUND, "--format", "$msec $status"
+    )
+    assert result.exit_code == 1
+    (line,) = result.output.splitlines()
+    assert line.startswith(
+        f"Error: the log format '$msec $status' does not match {logs[0]}: "
+        "20 of its first 20 lines do not parse, the first of them: '"
+    )
+
+
+def test_logs_empty_file_is_an_error(tmp_path):
+    path = tmp_path / "access.log"
+    path.write_bytes(b"")
+    result = invoke("logs", str(path), "--around", AROUND, "--json")
+    assert result.exit_code == 1
+    assert result.output == f"Error: nothing to scan: {path} is empty\n"
+
+
+def test_logs_json_warns_about_a_log_out_of_time_order(logs, tmp_path):
+    twice = tmp_path / "access.log"
+    twice.write_bytes(logs[0].read_bytes() * 2)
+    result = invoke("logs", str(twice), "--around", AROUND, "--json", "--lang", "en")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["warning_ids"] == ["unordered"]
+    assert data["warnings"][0].startswith(f"{twice} is not in time order")
+    assert "\n⚠️ warning: " in data["reply"]
 
 
 # ---- host

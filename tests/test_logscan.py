@@ -17,7 +17,9 @@ from bot.knowledge import Knowledge, default_root, load_knowledge
 from bot.logscan import (
     COMBINED_FORMAT,
     MAIN_FORMAT,
+    MAX_LINE,
     SAMPLE_REMARKS,
+    SKIPPED_LINE,
     AccessRecord,
     LogFormat,
     LogReport,
@@ -28,10 +30,12 @@ from bot.logscan import (
     error_line_time,
     error_row,
     format_report,
+    is_time_ordered,
     nearest_rank,
     parse_around,
     parse_window,
     parse_zone,
+    read_line,
     resolve_format,
     scan_logs,
     seek_time,
@@ -184,11 +188,12 @@ def test_meanings_are_read_from_the_knowledge_not_a_copy(generated, tmp_path):
 
 
 def test_a_status_without_a_row_says_so(zh, en):
-    window = stats([record(float(i), "418") for i in range(50)])
+    # 2xx has no class row: only 200 is explained.
+    window = stats([record(float(i), "207") for i in range(50)])
     report = replace_window(window)
-    assert "  418：知识库里没有这个状态码的说明。" in format_report(report, zh)
-    assert "  418: the knowledge base does not explain" in format_report(report, en)
-    assert report.to_json(zh)["meanings"] == {"418": None}
+    assert "  207：知识库里没有这个状态码的说明。" in format_report(report, zh)
+    assert "  207: the knowledge base does not explain" in format_report(report, en)
+    assert report.to_json(zh)["meanings"] == {"207": None}
 
 
 def test_status_rows_by_key_alias_and_class(knowledge):
@@ -201,7 +206,9 @@ def test_status_rows_by_key_alias_and_class(knowledge):
     assert key("303") == "301"  # the class: 3xx
     assert key("501") == "500"  # 5xx
     assert key("501", by_class=False) is None
-    assert key("418") is None
+    assert key("418") == "4xx"  # 4xx
+    assert key("429") == "429"
+    assert key("207") is None
 
 
 def test_error_log_signs_map_to_their_rows(knowledge):
@@ -294,6 +301,157 @@ def test_window_spread_over_two_rotated_files(generated, tmp_path):
     report = scan_logs([older, newer], around=alarm_time(truth))
     assert report.window.requests == truth.requests
     assert report.window.status == dict(sorted(truth.status.items()))
+
+
+def test_a_log_in_time_order_gets_no_warning(generated, zh):
+    access, _, truth = generated
+    report = scan_logs([access], around=alarm_time(truth))
+    assert report.warnings == ()
+    assert report.files[0].is_ordered
+    assert "⚠️" not in format_report(report, zh)
+    assert report.to_json(zh)["warnings"] == []
+
+
+def test_a_concatenated_log_is_warned_about_in_text_and_json(generated, tmp_path, zh):
+    # Two servers' logs of the same hours, one after the other: the seek finds
+    # the window in one of them only, so half the requests are missed.
+    access, _, truth = generated
+    twice = tmp_path / "access.log"
+    twice.write_bytes(access.read_bytes() * 2)
+    report = scan_logs([twice], around=alarm_time(truth))
+    assert report.window.requests < 2 * truth.requests
+    assert report.warnings == (Remark("unordered", {"path": str(twice)}),)
+    assert not report.files[0].is_ordered
+    text = format_report(report, zh)
+    assert f"\n⚠️ 注意：{twice} 不是按时间顺序写的" in text
+    assert "上面的计数可能不全" in text
+    data = report.to_json(zh)
+    assert data["warning_ids"] == ["unordered"]
+    assert "计数可能不全" in data["warnings"][0]  # type: ignore[index]
+    assert data["files"][0]["is_ordered"] is False  # type: ignore[index]
+
+
+def test_the_order_check_reads_a_sample_not_the_file(generated, tmp_path):
+    access, _, _ = generated
+    fmt = LogFormat.compile(MAIN_FORMAT, "main")
+    twice = tmp_path / "access.log"
+    twice.write_bytes(access.read_bytes() * 2)
+    for path, expected in ((access, True), (twice, False)):
+        size = path.stat().st_size
+        with CountingReader(io.FileIO(path)) as stream:
+            assert is_time_ordered(stream, size, fmt.line_time) is expected
+            assert stream.seeks <= 17
+            assert stream.read_bytes < 16 * 1024
+
+
+def test_a_few_seconds_of_disorder_is_normal(tmp_path):
+    # Workers finish requests out of order: a line may be logged a little
+    # before an earlier one.
+    start = bench.FAULT_AT
+    seconds = [start - 600 + i + (7 if i % 5 == 0 else 0) for i in range(1200)]
+    path = tmp_path / "access.log"
+    path.write_text("".join(combined_line(second, "200") for second in seconds))
+    report = scan_logs([path], around=alarm_time(bench.Truth(start, 300)))
+    assert report.warnings == ()
+
+
+def test_lines_read_out_of_order_are_warned_about_in_a_gzip_log(tmp_path):
+    # gzip cannot be sampled: the lines read tell. A block of lines from an
+    # hour earlier sits in the middle of the window.
+    start = bench.FAULT_AT
+    seconds = [start - 600 + i for i in range(1200)]
+    seconds[700:800] = [second - 3600 for second in seconds[700:800]]
+    path = tmp_path / "access.log.gz"
+    with gzip.open(path, "wt") as out:
+        out.writelines(combined_line(second, "200") for second in seconds)
+    report = scan_logs([path], around=alarm_time(bench.Truth(start, 300)))
+    assert [warning.id for warning in report.warnings] == ["unordered"]
+
+
+def test_a_format_that_does_not_match_the_file_is_an_error(generated):
+    access, _, truth = generated
+    with pytest.raises(LogScanError) as caught:
+        scan_logs([access], around=alarm_time(truth), log_format="$msec $status")
+    message = str(caught.value)
+    assert message.startswith(
+        f"the log format '$msec $status' does not match {access}: "
+        "20 of its first 20 lines do not parse, the first of them: "
+        "'203.205.140.29  - - [01/Dec/2014:"
+    )
+    assert "signature=" not in message  # the query string may carry secrets
+    assert "POST /wx?… HTTP/1.1" in message
+    assert "…' (pass the log_format of this file with --format" in message
+
+
+def test_a_named_format_that_does_not_match_is_an_error(tmp_path):
+    path = tmp_path / "access.log"
+    path.write_text("".join(combined_line(bench.FAULT_AT + i, "200") for i in range(9)))
+    with pytest.raises(LogScanError, match="the log format main does not match"):
+        scan_logs([path], around=alarm_time(bench.Truth(0, 300)), log_format="main")
+
+
+def test_every_access_log_is_checked_against_the_format(generated, tmp_path):
+    access, _, truth = generated
+    other = tmp_path / "access.log.1"
+    other.write_text("an application's own log\n" * 30)
+    with pytest.raises(LogScanError, match=f"does not match {other}"):
+        scan_logs([access, other], around=alarm_time(truth))
+
+
+def test_an_empty_log_is_an_error_that_says_so(tmp_path):
+    empty = tmp_path / "access.log"
+    empty.write_bytes(b"")
+    blank = tmp_path / "blank.log"
+    blank.write_text("\n\n")
+    around = parse_around("2014-12-01 20:12:00")
+    with pytest.raises(LogScanError, match=f"^nothing to scan: {empty} is empty$"):
+        scan_logs([empty], around=around, log_format="main")
+    with pytest.raises(LogScanError, match=f"{empty}, {blank} are empty$"):
+        scan_logs([empty, blank], around=around)
+
+
+def test_an_empty_log_beside_a_full_one_is_read_as_none(generated, tmp_path):
+    # Just after a rotation the current log is empty; the window is in the
+    # rotated one.
+    access, _, truth = generated
+    empty = tmp_path / "access.log"
+    empty.write_bytes(b"")
+    report = scan_logs([empty, access], around=alarm_time(truth))
+    assert report.window.requests == truth.requests
+    assert report.files[0].bytes_read == 0
+
+
+def test_read_line_skips_a_long_line_in_bounded_reads():
+    long = b"x" * (3 * MAX_LINE + 5) + b"\n"
+    stream = io.BytesIO(long + b"short\n" + b"y" * MAX_LINE + b"\n" + b"z" * MAX_LINE)
+    assert read_line(stream) is SKIPPED_LINE
+    assert read_line(stream) == b"short\n"
+    assert read_line(stream) is SKIPPED_LINE  # one byte over with its newline
+    assert read_line(stream) is SKIPPED_LINE  # the last line has no newline
+    assert read_line(stream) == b""
+    exact = b"w" * (MAX_LINE - 1) + b"\n"
+    assert read_line(io.BytesIO(exact)) == exact
+
+
+def test_huge_lines_are_skipped_and_counted_as_unparsed(generated, tmp_path, en):
+    access, _, truth = generated
+    lines = access.read_bytes().splitlines(keepends=True)
+    fault = next(i for i, line in enumerate(lines) if b"[01/Dec/2014:20:13:00" in line)
+    # A request with a 5 MB query string in the window; without a newline
+    # at the end of the file; and as the first line of all.
+    huge = lines[fault].replace(b"/wx?", b"/wx?" + b"a" * 5_000_000 + b"&", 1)
+    path = tmp_path / "access.log"
+    path.write_bytes(
+        huge + b"".join(lines[:fault]) + huge + b"".join(lines[fault:]) + huge[:-1]
+    )
+    report = scan_logs([path], around=alarm_time(truth))
+    assert report.log_format == "main"
+    assert report.window.requests == truth.requests
+    assert Remark("unparsed", {"lines": 1, "long": 1}) in report.notes
+    assert (
+        "note: 1 line around the window did not match the log format and was left "
+        "out, 1 of it over 64 KiB and skipped."
+    ) in format_report(report, en)
 
 
 def test_an_alarm_time_in_another_zone_gives_the_same_window(generated):
@@ -538,6 +696,90 @@ def test_server_and_client_errors_are_concluded_in_order():
     assert {c.id for c in found} == {"status"}
 
 
+def test_any_status_but_200_is_concluded_with_its_meaning(zh, en):
+    # The platform takes only 200: 405s, redirects and 304s fail pushes too.
+    records = [record(float(i)) for i in range(54)]
+    for status, count in (("405", 48), ("301", 24), ("304", 24)):
+        records += [record(float(i), status) for i in range(count)]
+    window = stats(records)
+    found = conclude(window, stats([], -300), None)
+    assert found == (
+        Remark("status", {"status": "405", "count": 48}),
+        Remark("status", {"status": "301", "count": 24}),
+        Remark("status", {"status": "304", "count": 24}),
+    )
+    text = format_report(replace_window(window), zh)
+    _, conclusions = text.split("\n🔎 结论：\n")
+    assert conclusions.startswith(
+        "• 48 个请求返回 405：方法不被允许：回调路由不接受 POST"
+    )
+    assert "\n  ➜ 平台不跟随跳转，跳转就算失败。" in conclusions
+    assert "• 24 个请求返回 304：未修改" in conclusions
+    english = format_report(replace_window(window), en)
+    assert "• 48 requests got 405: Method not allowed: the callback route" in english
+
+
+def test_the_most_common_failing_status_is_concluded_first():
+    records = [record(float(i)) for i in range(100)]
+    records += [record(float(i), "404") for i in range(10)]
+    records += [record(float(i), "405") for i in range(40)]
+    found = conclude(stats(records), stats([]), None)
+    assert [c.values["status"] for c in found] == ["405", "404"]
+
+
+def test_a_status_the_knowledge_does_not_explain_still_fails_the_push(zh, en):
+    records = [record(float(i)) for i in range(90)]
+    records += [record(float(i), "207") for i in range(10)]
+    window = stats(records)
+    found = conclude(window, stats([], -300), None)
+    assert found == (Remark("status", {"status": "207", "count": 10}),)
+    assert (
+        "• 10 个请求返回 207：平台只认 200，其他状态码的回应都算推送失败。"
+        "知识库里还没有 207 的说明（reference/nginx_status.yaml）。"
+    ) in format_report(replace_window(window), zh)
+    assert (
+        "• 10 requests got 207: The platform accepts only 200: any other answer "
+        "fails the push."
+    ) in format_report(replace_window(window), en)
+
+
+def test_rare_statuses_that_add_up_are_concluded_together(zh):
+    records = [record(float(i)) for i in range(1000)]
+    for status in ("401", "429", "204", "302", "418", "499"):
+        records += [record(float(i), status) for i in range(2)]
+    records.append(record(3.0, "301"))
+    window = stats(records)
+    found = conclude(window, stats([], -300), None)
+    assert found == (
+        Remark(
+            "other_statuses",
+            {
+                "count": 13,
+                "statuses": "204 ×2, 302 ×2, 401 ×2, 418 ×2, 429 ×2, 499 ×2, 301 ×1",
+            },
+        ),
+    )
+    assert (
+        "• 另有 13 个请求返回了 200 以外的状态码（204 ×2，302 ×2，401 ×2，418 ×2，"
+        "429 ×2，499 ×2，301 ×1），每种都不多，合起来不可忽视："
+    ) in format_report(replace_window(window), zh)
+
+
+def test_statuses_already_concluded_are_not_counted_again():
+    records = [record(float(i)) for i in range(300)]
+    records += [record(float(i), "502") for i in range(30)]
+    records += [record(float(i), "401") for i in range(2)]
+    found = conclude(stats(records), stats([]), None)
+    assert [c.id for c in found] == ["bad_gateway"]
+
+
+def test_per_minute_failures_count_every_status_but_200():
+    statuses = ("200", "200", "301", "304", "405", "499", "500", "204")
+    window = stats([record(float(i), status) for i, status in enumerate(statuses)])
+    (minute,) = window.per_minute
+    assert (minute.requests, minute.failed) == (8, 6)
+
+
 def test_every_concluded_id_has_a_sample_for_kb_check(generated):
     access, errors, truth = generated
     report = scan_logs([access], around=alarm_time(truth), error_log=errors)
@@ -562,6 +804,47 @@ def test_parse_window(text, seconds):
 def test_parse_window_refuses_nonsense():
     with pytest.raises(ValueError, match="not a duration"):
         parse_window("five minutes")
+
+
+@pytest.mark.parametrize("text", ["0", "0s", "0.0m", "745h", "99999999h", "9" * 400])
+def test_parse_window_refuses_a_window_out_of_range(text):
+    with pytest.raises(ValueError, match=r"at most 31 days \(744h\)$"):
+        parse_window(text)
+
+
+def test_parse_window_takes_up_to_31_days():
+    assert parse_window("744h") == timedelta(days=31)
+
+
+@pytest.mark.parametrize(
+    "text", ["9999-12-31 23:59:00", "0001-01-01 00:00:00", "1969-12-31T23:59:59Z"]
+)
+def test_parse_around_refuses_a_time_out_of_range(text):
+    with pytest.raises(ValueError, match="is out of range: the alarm time must be"):
+        parse_around(text)
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2014-12-01 20:12:00+25:00"])
+def test_parse_around_says_what_a_time_looks_like(text):
+    with pytest.raises(ValueError, match=r"^not a time: .* \(use 2014-12-01 20:12:00"):
+        parse_around(text)
+
+
+@pytest.mark.parametrize("text", ["+25:00", "-24:00", "+08:60", "Mars"])
+def test_parse_zone_says_which_offsets_it_takes(text):
+    with pytest.raises(ValueError, match=r"from -23:59 to \+23:59, e\.g\. \+08:00"):
+        parse_zone(text)
+
+
+def test_scan_logs_refuses_a_window_out_of_range(generated):
+    access, _, truth = generated
+    around = alarm_time(truth)
+    with pytest.raises(ValueError, match="a window must be longer than 0"):
+        scan_logs([access], around=around, window=timedelta(0))
+    with pytest.raises(ValueError, match="at most 31 days"):
+        scan_logs([access], around=around, window=timedelta(days=32))
+    with pytest.raises(ValueError, match="the alarm time must be"):
+        scan_logs([access], around=datetime(9999, 6, 1, tzinfo=UTC))
 
 
 def test_parse_around_uses_the_zone_when_naive():
