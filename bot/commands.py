@@ -260,13 +260,17 @@ def find_nginx_row(knowledge: Knowledge, words: str) -> tuple[Table, Row] | None
     for table, row, names in rows:
         if wanted in names:
             return table, row
-    # Else the longest row name inside the words, so "499 是什么" finds 499 and
-    # "upstream timed out (110)" finds its log string.
+    # Else the row name found first in the words, the longest of those that
+    # start there: "499 是什么" finds 499, and "upstream timed out (110:
+    # Connection timed out)" finds the message nginx leads with, not its cause.
     inside = [
-        (len(n), table, row) for table, row, names in rows for n in names if n in wanted
+        (wanted.find(n), -len(n), index)
+        for index, (_, _, names) in enumerate(rows)
+        for n in names
+        if n in wanted
     ]
     if inside:
-        _, table, row = max(inside, key=lambda item: item[0])
+        table, row, _ = rows[min(inside)[2]]
         return table, row
     # A status without a row of its own ("501") is explained by its class (5xx).
     status = _STATUS_CODE.search(words)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from bot.channels.base import Incoming
+from bot.commands import find_nginx_row
 from bot.dispatch import Dispatcher
 from bot.errors import KnowledgeError
 from bot.knowledge import Knowledge
@@ -181,11 +182,45 @@ def test_ask_by_entry_id_returns_that_entry(
 
 
 @pytest.mark.parametrize(
-    ("line", "row"), [("/nginx 501", "500"), ("/nginx 308 呢", "301")]
+    ("line", "row"),
+    [
+        ("/nginx 501", "500"),
+        ("/nginx 308 呢", "301"),
+        ("/nginx 418", "4xx"),
+        ("/nginx 4xx", "4xx"),
+        ("/nginx 304", "304"),
+        ("/nginx 429 是什么", "429"),
+    ],
 )
-def test_nginx_explains_a_status_without_a_row_by_its_class(
+def test_nginx_explains_a_status_by_its_row_or_its_class(
     line: str, row: str, dispatcher: Dispatcher
 ) -> None:
     (reply,) = dispatcher.dispatch(_room(line))
     assert "已收录的状态码" not in reply.text
     assert f"{row}：" in reply.text
+
+
+@pytest.mark.parametrize(
+    ("words", "key"),
+    [
+        ("upstream timed out (110: Connection timed out)", "upstream timed out"),
+        (
+            "upstream timed out (110: Connection timed out) while reading response "
+            "header from upstream",
+            "upstream timed out",
+        ),
+        (
+            "upstream timed out (110: Connection timed out) while connecting to "
+            "upstream",
+            "Connection timed out",
+        ),
+        ("connect() failed (111: Connection refused)", "connect() failed"),
+        ("日志里有 Connection refused 是什么", "Connection refused"),
+    ],
+)
+def test_nginx_finds_the_message_an_error_line_leads_with(
+    words: str, key: str, knowledge: Knowledge
+) -> None:
+    found = find_nginx_row(knowledge, words)
+    assert found is not None
+    assert found[1].key == key

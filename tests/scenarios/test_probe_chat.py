@@ -22,7 +22,7 @@ from .storm import START, alarm_text
 
 APPID = "wx00000000000000ab"
 OTHER = "wx00000000000000cd"
-TOKEN = "chat-probe-t0ken-s3cret"
+TOKEN = "chatProbeT0kenS3cret"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 
