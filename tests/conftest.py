@@ -15,6 +15,13 @@ from bot.knowledge import Knowledge, load_knowledge
 from .httpserver import Handler, HttpServer
 
 DATA = Path(__file__).parent / "data"
+# The guide's request-timeout alarm, as the platform posts it.
+TIMEOUT_ALARM = """Appid: wx0123456789abcdef
+昵称: 示例公众号
+时间: 2014-12-01 20:12:00
+内容: 微信服务器向公众号推送消息或事件后,开发者5秒内没有返回
+次数: 5分钟 1272次
+错误样例: [IP=203.205.140.29][Event=UnSubscribe]"""
 
 
 @pytest.fixture(autouse=True)

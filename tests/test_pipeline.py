@@ -20,13 +20,9 @@ from bot.policy import SimulatedClock
 from bot.replay import drain
 from bot.settings import Settings
 
+from .conftest import TIMEOUT_ALARM as ALARM
+
 START = datetime(2024, 5, 1, 10, 0, tzinfo=PLATFORM_TZ)
-ALARM = """Appid: wx0123456789abcdef
-昵称: 示例公众号
-时间: 2014-12-01 20:12:00
-内容: 微信服务器向公众号推送消息或事件后,开发者5秒内没有返回
-次数: 5分钟 1272次
-错误样例: [IP=203.205.140.29][Event=UnSubscribe]"""
 
 
 class RecordingChannel:

@@ -32,14 +32,9 @@ from bot.watch import live_reload
 from tests.test_kbcheck import blur
 
 from ..conftest import DATA
+from ..conftest import TIMEOUT_ALARM as ALARM
 
 BAD = sorted((DATA / "knowledge").glob("bad-*.yaml"))
-ALARM = """Appid: wx0123456789abcdef
-昵称: 示例公众号
-时间: 2014-12-01 20:12:00
-内容: 微信服务器向公众号推送消息或事件后,开发者5秒内没有返回
-次数: 5分钟 1272次
-错误样例: [IP=203.205.140.29][Event=UnSubscribe]"""
 OLD_SUMMARY = "平台把消息或事件推给你之后，5 秒内没等到你的响应。"
 NEW_SUMMARY = "平台推送后 5 秒内没收到响应：先看服务器负载和慢请求。"
 
