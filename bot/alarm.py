@@ -59,6 +59,13 @@ _WINDOW_RE = re.compile(
 _COUNT_RE = re.compile(r"(?P<n>\d[\d,，]*)\s*次")
 _NUMBER_RE = re.compile(r"^\s*(?P<n>\d[\d,，]*)\s*$")
 _MAX_KEY = 40
+EARLIEST_YEAR, LATEST_YEAR = 2000, 2099
+"""A 时间 outside these years is kept as text only (the platform began in 2012)."""
+MAX_COUNT = 10**12
+"""A 次数 above this is taken for a typo and dropped."""
+MAX_WINDOW_MINUTES = 7 * 24 * 60
+"""A window over a week is taken for a typo and dropped (the platform's is 5 min)."""
+_MAX_DIGITS = len(str(MAX_COUNT))
 _QUOTE_CLOSERS = "」』”"
 _PAY_KEYS = ("transaction_id", "out_trade_no")
 _THIRD_PARTY_KEYS = ("第三方平台", "outerip")
@@ -206,8 +213,9 @@ def _read_blocks(raw: str) -> tuple[str, list[_Block]]:
             blocks.append(current)
             current = None
         if name == "trailer":
-            # The guide link closes the alarm it follows.
-            if current is not None:
+            # The guide link closes the alarm it follows, unless the fields
+            # after it are that alarm's own, typed out below the link.
+            if current is not None and _closes(labels, index + 1, current):
                 current.end = _line_end(text, match.end())
                 blocks.append(current)
                 current = None
@@ -249,6 +257,21 @@ def _starts_alarm(labels: list[re.Match[str]], index: int) -> bool:
             return last >= 0
         last = order
     return False
+
+
+def _closes(labels: list[re.Match[str]], index: int, current: _Block) -> bool:
+    """Whether the guide line before ``labels[index]`` ends the ``current`` alarm.
+
+    It does unless every field after it, up to the end or the next guide line,
+    is one the alarm lacks and none is a 内容 line (which would start another).
+    """
+    for match in labels[index:]:
+        name = _label_name(match.group("label"))
+        if name == "trailer":
+            return False
+        if name == "content" or name in current.values:
+            return True
+    return index >= len(labels)
 
 
 def _label_name(label: str) -> str:
@@ -330,13 +353,19 @@ def _parse_count(value: str) -> tuple[int | None, int | None]:
     window_match = _WINDOW_RE.search(line)
     window = None
     if window_match:
-        window = int(window_match["n"])
+        window = int(window_match["n"][:9])  # more digits are over the cap anyway
         if window_match["unit"].lower().startswith(("小时", "h")):
             window *= 60
     count_match = _COUNT_RE.search(line) or _NUMBER_RE.match(line)
     count = None
     if count_match:
-        count = int(re.sub(r"[,，]", "", count_match["n"]))
+        count = int(re.sub(r"[,，]", "", count_match["n"])[: _MAX_DIGITS + 1])
+    # Numbers no platform window can hold are typos or forgeries: dropped,
+    # so they never reach SQLite (64-bit integers) or date arithmetic.
+    if count is not None and count > MAX_COUNT:
+        count = None
+    if window is not None and not 0 < window <= MAX_WINDOW_MINUTES:
+        window = None
     return count, window
 
 
@@ -356,6 +385,10 @@ def _parse_time(value: str) -> tuple[str | None, datetime | None]:
             tzinfo=PLATFORM_TZ,
         )
     except ValueError:
+        return match.group(0), None
+    if not EARLIEST_YEAR <= when.year <= LATEST_YEAR:
+        # A typo'd or forged year ("0001", "9999") would reach date arithmetic
+        # and SQLite unchecked; such a 时间 is kept as text, not as a time.
         return match.group(0), None
     return match.group(0), when
 

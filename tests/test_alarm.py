@@ -123,6 +123,69 @@ def test_parse_a_field_going_back_before_a_content_line_starts_an_alarm(
     assert (then.nickname, then.count) == ("另一个号", 7)
 
 
+@pytest.mark.parametrize(
+    ("line", "field", "value"),
+    [
+        ("时间: 0001-01-01 00:00:00", "time", None),
+        ("时间: 9999-12-31 23:59:59", "time", None),
+        ("时间: 2099-12-31 23:59:59", "time_text", "2099-12-31 23:59:59"),
+        ("次数: 5分钟 99999999999999999999次", "count", None),
+        ("次数: 5分钟 " + "9" * 5000 + "次", "count", None),
+        ("次数: 99999999999小时 3次", "window_minutes", None),
+        ("次数: 5分钟 1,272次", "count", 1272),
+    ],
+)
+def test_parse_drops_times_and_numbers_no_platform_alarm_has(
+    line: str, field: str, value: object, knowledge: Knowledge
+) -> None:
+    label = line.split(":")[0]
+    text = "\n".join(
+        line if row.startswith(label) else row
+        for row in VARIANTS[0]["alarm_text"].splitlines()
+    )
+    (alarm,) = parse(text, knowledge.matcher)
+    assert getattr(alarm, field) == value
+    assert alarm.type == "request_timeout"
+
+
+GUIDE_LINE = "报警排查指引,请见: https://mmbizurl.cn/s/MpkaZb8yg"
+
+
+def test_parse_fields_after_the_guide_line_still_belong_to_the_alarm(
+    knowledge: Knowledge,
+) -> None:
+    text = (
+        "内容: 微信服务器连接公众号开发者服务器时发生超时,超时时间为5秒\n"
+        f"{GUIDE_LINE}\nAppid: wx558c1530a493afbb\n次数: 5分钟 35次\n"
+    )
+    (alarm,) = parse(text, knowledge.matcher)
+    assert (alarm.type, alarm.appid, alarm.count) == (
+        "connect_timeout",
+        "wx558c1530a493afbb",
+        35,
+    )
+
+
+def test_parse_the_guide_line_still_ends_one_alarm_before_the_next(
+    knowledge: Knowledge,
+) -> None:
+    one = (
+        "Appid: wx558c1530a493afbb\n"
+        "内容: 微信服务器连接公众号开发者服务器时发生超时,超时时间为5秒\n"
+        "次数: 5分钟 35次\n"
+    )
+    two = (
+        "昵称: 另一个号\n内容: 微信服务器向公众号推送消息或事件后,开发者5秒内没有返回\n"
+    )
+    first, then = parse(f"{one}{GUIDE_LINE}\n{two}{GUIDE_LINE}\n", knowledge.matcher)
+    assert (first.type, first.nickname) == ("connect_timeout", None)
+    assert (then.type, then.nickname, then.appid) == (
+        "request_timeout",
+        "另一个号",
+        None,
+    )
+
+
 def test_parse_pay_and_third_party_flags(knowledge: Knowledge) -> None:
     pay = next(c for c in SAMPLES if c["id"] == "wx-27")
     (alarm,) = parse(pay["alarm_text"], knowledge.matcher)
