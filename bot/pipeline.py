@@ -25,6 +25,7 @@ from bot.autoprobe import ProbeWorker
 from bot.channels.base import Channel, Incoming, Reply
 from bot.channels.console import ConsoleChannel, run_console
 from bot.commands import REGISTRY, AlarmDesk, CommandContext
+from bot.diagnosis import diagnose
 from bot.dispatch import Dispatcher, _Loaded
 from bot.kbedit import editor_for, reload_loader
 from bot.knowledge import Knowledge
@@ -313,8 +314,27 @@ class AlarmPipeline:
     ) -> None:
         room = incoming.room or ""
         # Recorded and committed before anything is decided.
-        rows = self.store.record_alarms(room, incoming.sender, now, alarms)
+        try:
+            rows = self.store.record_alarms(room, incoming.sender, now, alarms)
+        except Exception:
+            # A store that cannot write (disk full, a value SQLite refuses)
+            # must not cost the group its diagnosis: answered ungrouped.
+            logger.exception(
+                "could not record %d alarm(s) room=%s; answering without grouping",
+                len(alarms),
+                room,
+            )
+            self._answer_unrecorded(incoming, alarms)
+            return
         self._decide_all(incoming, alarms, rows, room, now)
+
+    def _answer_unrecorded(self, incoming: Incoming, alarms: list[Alarm]) -> None:
+        knowledge = self.dispatcher.knowledge
+        diagnoses = [diagnose(alarm, knowledge) for alarm in alarms]
+        reply = self.dispatcher.renderer.alarm_reply(diagnoses)
+        self.outbox.submit(
+            Outgoing(room=incoming.room, kind="alarm", body=reply, alarms=len(alarms))
+        )
 
     def _decide_all(
         self,

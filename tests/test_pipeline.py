@@ -177,3 +177,52 @@ async def test_the_reply_goes_out_before_its_bookkeeping_is_committed(
     assert pipeline.store.replies()[0]["status"] == "sent"
     assert [row.id for row, *_ in pipeline.store.undecided()] == []
     pipeline.close()
+
+
+async def test_an_alarm_the_store_cannot_record_still_gets_its_diagnosis(
+    knowledge: Knowledge, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline, channel, clock = open_pipeline(knowledge, tmp_path)
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(pipeline.store, "record_alarms", full_disk)
+    pipeline.handle(Incoming(room="ops", sender="platform", text=ALARM))
+    await drain(pipeline, clock)
+
+    (reply,) = channel.said
+    assert reply.room == "ops"
+    assert reply.kind == "alarm"
+    assert reply.text == pipeline.dispatcher.diagnose_text(ALARM).reply
+    pipeline.close()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "时间: 0001-01-01 00:00:00",
+        "时间: 9999-12-31 23:59:59",
+        "次数: 5分钟 99999999999999999999次",
+        "次数: 99999999999小时 3次",
+    ],
+)
+async def test_an_impossible_time_or_count_is_answered_and_breaks_no_command(
+    line: str, knowledge: Knowledge, tmp_path: Path
+) -> None:
+    # A tester's year-0001 alarm broke /stats and /history for the room.
+    pipeline, channel, clock = open_pipeline(knowledge, tmp_path)
+    label = line.split(":")[0]
+    text = "\n".join(
+        line if row.startswith(label) else row for row in ALARM.splitlines()
+    )
+
+    for message in (text, "/stats", "/history wx0123456789abcdef"):
+        pipeline.handle(Incoming(room="ops", sender="platform", text=message))
+        await drain(pipeline, clock)
+
+    error = pipeline.dispatcher.renderer.render("error")
+    assert len(channel.said) == 3
+    assert "【请求超时】" in channel.said[0].text
+    assert all(reply.text != error for reply in channel.said)
+    pipeline.close()
