@@ -11,6 +11,7 @@ import difflib
 import logging
 import math
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,7 +31,9 @@ from bot.store import AlarmStats, WindowCount
 
 logger = logging.getLogger(__name__)
 # An HTTP status in the words of /nginx: 3 digits, not part of a longer number.
-_STATUS_CODE = re.compile(r"(?<!\d)[1-5]\d\d(?!\d)")
+# A status on its own: not part of a longer number, a pid ("502#0") or a
+# connection number ("*502").
+_STATUS_CODE = re.compile(r"(?<![\d*])[1-5]\d\d(?![\d#])")
 
 
 class AlarmDesk(Protocol):
@@ -260,14 +263,24 @@ def find_nginx_row(knowledge: Knowledge, words: str) -> tuple[Table, Row] | None
     for table, row, names in rows:
         if wanted in names:
             return table, row
-    # Else the row name found first in the words, the longest of those that
-    # start there: "499 是什么" finds 499, and "upstream timed out (110:
-    # Connection timed out)" finds the message nginx leads with, not its cause.
+    # Else an error-log message inside the words: the one found first, the
+    # longest of those starting there, so "upstream timed out (110: Connection
+    # timed out)" finds the message nginx leads with, not its cause.
     inside = [
         (wanted.find(n), -len(n), index)
         for index, (_, _, names) in enumerate(rows)
         for n in names
-        if n in wanted
+        if not n[:1].isdigit() and n in wanted
+    ]
+    # Else a status standing on its own ("499 是什么", "HTTP 502"): never the
+    # digits of a pasted line's date, time or pid ("12:00:00" holds no 200).
+    folded = unicodedata.normalize("NFKC", words).casefold()
+    inside = inside or [
+        (found.start(), 0, index)
+        for index, (_, _, names) in enumerate(rows)
+        for n in names
+        if n[:1].isdigit()
+        and (found := re.search(rf"(?<![\d*]){re.escape(n)}(?![0-9a-z#])", folded))
     ]
     if inside:
         table, row, _ = rows[min(inside)[2]]

@@ -216,6 +216,20 @@ def test_nginx_explains_a_status_by_its_row_or_its_class(
         ),
         ("connect() failed (111: Connection refused)", "connect() failed"),
         ("日志里有 Connection refused 是什么", "Connection refused"),
+        (
+            "2024/01/01 12:00:00 [error] 123#0: *1 upstream timed out (110: "
+            "Connection timed out) while reading response header from upstream",
+            "upstream timed out",
+        ),
+        (
+            "2023/05/06 03:04:05 [crit] 502#0: *404 connect() to 10.0.0.1:8080 "
+            "failed (11: Resource temporarily unavailable)",
+            "Resource temporarily unavailable",
+        ),
+        (
+            "2024/03/15 09:08:07 [alert] 1#0: 1024 worker_connections are not enough",
+            "worker_connections are not enough",
+        ),
     ],
 )
 def test_nginx_finds_the_message_an_error_line_leads_with(
@@ -224,3 +238,19 @@ def test_nginx_finds_the_message_an_error_line_leads_with(
     found = find_nginx_row(knowledge, words)
     assert found is not None
     assert found[1].key == key
+
+
+@pytest.mark.parametrize(
+    ("words", "key"),
+    [
+        ("2024/03/15 12:00:00 [error] 502#0: *499 something odd", None),
+        ("nginx499 是啥", "499"),
+        ("HTTP/1.1 502 Bad Gateway", "502"),
+        ("3xx", "301"),
+    ],
+)
+def test_nginx_takes_a_status_only_where_it_stands_alone(
+    words: str, key: str | None, knowledge: Knowledge
+) -> None:
+    found = find_nginx_row(knowledge, words)
+    assert (found[1].key if found else None) == key
