@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 # An HTTP status in the words of /nginx: 3 digits, not part of a longer number.
 # A status on its own: not part of a longer number, a pid ("502#0") or a
 # connection number ("*502").
+_TIED = 0.9
+"""Search scores within this share of the best count as equally good."""
 _STATUS_CODE = re.compile(r"(?<![\d*])[1-5]\d\d(?![\d#])")
 
 
@@ -225,12 +227,23 @@ def explain_command(ctx: CommandContext, argument: str) -> str:
     if not argument:
         return ctx.renderer.render("usage", command="explain")
     entry = find_type(ctx.knowledge, argument)
-    if entry is None:
-        hits = [m for m in ctx.search.search(argument) if m.kind == "alarm"]
-        entry = ctx.knowledge.alarms[hits[0].id] if hits else None
-    if entry is None:
+    if entry is not None:
+        return ctx.renderer.render("explain", entry=entry)
+    hits = ctx.search.search(argument, limit=len(ctx.knowledge.alarms) + 5)
+    best = hits[0].score if hits else 0.0
+    # Words that fit several types as well ("超时", "ticket") get the choice,
+    # not whichever sorts first; words closer to a table or an FAQ entry than
+    # to any type ("404") get the ordinary answer.
+    tied = [
+        ctx.knowledge.alarms[m.id]
+        for m in hits
+        if m.kind == "alarm" and m.score >= best * _TIED
+    ]
+    if not tied:
         return answer(ctx, argument)
-    return ctx.renderer.render("explain", entry=entry)
+    if len(tied) == 1:
+        return ctx.renderer.render("explain", entry=tied[0])
+    return ctx.renderer.render("explain_choices", argument=argument, entries=tied)
 
 
 def ask_command(ctx: CommandContext, argument: str) -> str:

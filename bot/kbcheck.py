@@ -46,6 +46,7 @@ TEMPLATES = (
     "types",
     "usage",
     "explain",
+    "explain_choices",
     "faq",
     "table",
     "answer",
@@ -168,6 +169,10 @@ def _check_templates(
         "alarms_header": {"count": 2},
         "help": {"commands": ["help", "reload", "probe", "host"], "is_admin": True},
         "types": {"entries": list(knowledge.alarms.values())},
+        "explain_choices": {
+            "argument": "超时",
+            "entries": list(knowledge.alarms.values())[:4],
+        },
         "usage": {"command": "explain"},
         "answer": {"body": "body", "see_also": ["a", "b"]},
         "no_answer": {"question": "?"},

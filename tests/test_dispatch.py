@@ -254,3 +254,28 @@ def test_nginx_takes_a_status_only_where_it_stands_alone(
 ) -> None:
     found = find_nginx_row(knowledge, words)
     assert (found[1].key if found else None) == key
+
+
+@pytest.mark.parametrize(
+    ("line", "types"),
+    [
+        ("/explain 超时", {"request_timeout", "connect_timeout", "ticket_timeout"}),
+        ("/explain ticket", {"ticket_failure", "ticket_timeout"}),
+        ("/解释 dns", {"dns_failure", "dns_timeout"}),
+    ],
+)
+def test_explain_offers_the_choice_when_words_fit_several_types(
+    line: str, types: set[str], dispatcher: Dispatcher
+) -> None:
+    # "超时" used to open whichever timeout sorted first (a third-party one).
+    (reply,) = dispatcher.dispatch(_room(line))
+    assert "想看哪一种" in reply.text
+    assert all(f"/explain {t}：" in reply.text for t in types)
+
+
+def test_explain_of_a_status_gives_its_row_not_a_stray_type(
+    dispatcher: Dispatcher,
+) -> None:
+    (reply,) = dispatcher.dispatch(_room("/explain 404"))
+    assert "404：服务器上找不到这个 URL 路径" in reply.text
+    assert "component_push_failure" not in reply.text

@@ -415,9 +415,9 @@ async def test_a_crash_gets_an_apology_not_silence(
     bot: BotHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*args: object) -> None:
-        raise OSError("disk full")
+        raise RuntimeError("a bug in the policy")
 
-    monkeypatch.setattr(bot.store, "record_alarms", broken)
+    monkeypatch.setattr(bot.pipeline.policy, "decide", broken)
 
     (apology,) = await bot.post(alarm_text(B), sender="bob")
 
