@@ -30,6 +30,7 @@ import itertools
 import math
 import re
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
@@ -530,6 +531,8 @@ class FileRead:
         is_ordered: False when lines went back in time by more than a
             minute, in a sample of the file or in the lines read: the seek
             and the stop at the window's end may then have missed lines.
+        is_complete: False when a gzip file ended early or was damaged (a
+            rotation still being written, a cut copy): reading stopped there.
     """
 
     path: str
@@ -538,6 +541,7 @@ class FileRead:
     seek_ms: float
     read_ms: float
     is_ordered: bool = True
+    is_complete: bool = True
 
 
 @dataclass(slots=True)
@@ -546,6 +550,7 @@ class _Progress:
     seek: float = 0.0
     read: float = 0.0
     is_ordered: bool = True
+    is_complete: bool = True
 
 
 def read_lines(
@@ -589,6 +594,9 @@ def read_lines(
                             latest = max(latest, moment)
                     if in_range:
                         yield line
+            except (EOFError, zlib.error, gzip.BadGzipFile):
+                # The lines read so far stand; the report says the rest is lost.
+                progress.is_complete = False
             finally:
                 progress.bytes = stream.tell() - first
                 progress.read = time.perf_counter() - began
@@ -601,6 +609,7 @@ def read_lines(
             progress.seek * 1000,
             progress.read * 1000,
             progress.is_ordered,
+            progress.is_complete,
         )
 
     return lines(), report
@@ -935,10 +944,13 @@ def scan_logs(
         conclusions=conclude(stats, baseline, errors),
         notes=_read_notes(fmt, files, unparsed),
         elapsed_ms=(time.perf_counter() - began) * 1000,
-        warnings=tuple(
-            Remark("unordered", {"path": read.path})
-            for read in files
-            if not read.is_ordered
+        warnings=(
+            *(Remark("unordered", {"path": r.path}) for r in files if not r.is_ordered),
+            *(
+                Remark("truncated", {"path": r.path})
+                for r in files
+                if not r.is_complete
+            ),
         ),
     )
 
@@ -964,11 +976,18 @@ def _head(path: Path, count: int = _HEAD_LINES) -> list[str]:
     # The first lines that are not blank, of the first thousand.
     lines = []
     with _open_log(path) as stream:
-        for line in itertools.islice(_lines(stream), 1000):
-            if line.strip():
-                lines.append(line.decode("latin-1"))
-            if len(lines) == count:
-                break
+        try:
+            for line in itertools.islice(_lines(stream), 1000):
+                if line.strip():
+                    lines.append(line.decode("latin-1"))
+                if len(lines) == count:
+                    break
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            if not lines:
+                raise LogScanError(
+                    f"{path} is a damaged or incomplete gzip file, with no line "
+                    f"that can be read ({exc or type(exc).__name__})"
+                ) from None
     return lines
 
 
@@ -1439,6 +1458,7 @@ SAMPLE_REMARKS: tuple[Remark, ...] = (
     Remark("unparsed", {"lines": 3, "long": 1}),
     Remark("unparsed", {"lines": 2, "long": 0}),
     Remark("unordered", {"path": "/var/log/nginx/access.log"}),
+    Remark("truncated", {"path": "/var/log/nginx/access.log.1.gz"}),
 )
 """Every conclusion, note and warning id, with values for each branch of its
 wording."""
@@ -1495,7 +1515,7 @@ def sample_reports() -> tuple[LogReport, ...]:
             r for r in SAMPLE_REMARKS if r.id in ("no_request_time", "gzip", "unparsed")
         ),
         elapsed_ms=418.0,
-        warnings=tuple(r for r in SAMPLE_REMARKS if r.id == "unordered"),
+        warnings=tuple(r for r in SAMPLE_REMARKS if r.id in ("unordered", "truncated")),
     )
     quiet = summarize([], start, start + 300)
     empty = LogReport(

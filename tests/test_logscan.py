@@ -368,6 +368,37 @@ def test_lines_read_out_of_order_are_warned_about_in_a_gzip_log(tmp_path):
     assert [warning.id for warning in report.warnings] == ["unordered"]
 
 
+def test_a_gzip_log_cut_short_reports_what_it_read_and_warns(tmp_path, zh):
+    # A rotation still being written, or a copy cut short in the middle of the
+    # window: what was read is reported, and the report says the rest is lost.
+    # (A cut after the window is not seen: reading stops at the window's end.)
+    start = bench.FAULT_AT
+    path = tmp_path / "access.log.1.gz"
+    with gzip.open(path, "wt") as out:
+        out.writelines(combined_line(start - 600 + i, "200") for i in range(5000))
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) * 15 // 100])  # about 750 of 5000 lines
+    report = scan_logs([path], around=alarm_time(bench.Truth(start, 300)))
+    assert 0 < report.window.requests < 300
+    assert not report.files[0].is_complete
+    assert [warning.id for warning in report.warnings] == ["truncated"]
+    assert f"⚠️ 注意：{path} 没读完：gzip 文件提前结束或已损坏" in format_report(
+        report, zh
+    )
+
+
+def test_a_gzip_log_with_no_readable_line_is_an_error(tmp_path):
+    path = tmp_path / "access.log.gz"
+    with gzip.open(path, "wt") as out:
+        out.writelines(combined_line(bench.FAULT_AT + i, "200") for i in range(100))
+    path.write_bytes(path.read_bytes()[:30])  # the header and hardly more
+    with pytest.raises(LogScanError) as caught:
+        scan_logs([path], around=alarm_time(bench.Truth(bench.FAULT_AT, 300)))
+    assert str(caught.value).startswith(
+        f"{path} is a damaged or incomplete gzip file, with no line that can be read"
+    )
+
+
 def test_a_format_that_does_not_match_the_file_is_an_error(generated):
     access, _, truth = generated
     with pytest.raises(LogScanError) as caught:
