@@ -473,7 +473,7 @@ KB_ERROR_SAMPLES: tuple[dict[str, object], ...] = tuple(
         ("unknown_entry", {"entry_id": "faq_x", "suggestions": []}),
         ("unknown_kind", {"entry_id": "x"}),
         ("bad_id", {"entry_id": "../x"}),
-        ("no_yaml", {"entry_id": "x"}),
+        ("no_yaml", {"entry_id": "x", "command": "suggest"}),
         ("bad_yaml", {"line": 3, "problem": "found a tab"}),
         ("bad_yaml", {"line": None, "problem": "found a tab"}),
         ("not_mapping", {"entry_id": "x"}),

@@ -870,7 +870,9 @@ def kb_command(ctx: CommandContext, argument: str) -> str:
     try:
         return _run_kb(ctx, sub, target, body, who)
     except KnowledgeEditError as exc:
-        return ctx.renderer.render("kb_error", code=exc.code, details=exc.details)
+        # The wording names the command asked (set or suggest), not a fixed one.
+        details = {"command": sub, **exc.details}
+        return ctx.renderer.render("kb_error", code=exc.code, details=details)
 
 
 def _run_kb(ctx: CommandContext, sub: str, target: str, body: str, who: Author) -> str:

@@ -185,3 +185,10 @@ def test_kb_without_arguments_explains_itself(chat: Chat) -> None:
     assert "知识库里没有条目 alarm_setpu。你要找的是不是：alarm_setup" in chat.say(
         "/kb show alarm_setpu"
     )
+
+
+def test_a_suggestion_without_yaml_is_told_how_to_suggest(chat: Chat) -> None:
+    # The hint named the admin-only "/kb set" to a member who asked to suggest.
+    reply = chat.say("/kb suggest alarm_setup", sender="mei")
+    assert "请在 /kb suggest alarm_setup 这一行之后换行" in reply
+    assert "Tab" not in chat.say("/kb suggest alarm_setup\nid: [unclosed", sender="mei")
