@@ -601,6 +601,29 @@ def _describe(loc: tuple[int | str, ...], error: Mapping[str, Any]) -> str:
     return f"{key}: {message[0].lower()}{message[1:]}{shown}"
 
 
+def _check_row_names(
+    table: Table, path: Path, node: yaml.Node | None, problems: Problems
+) -> None:
+    """A key or alias names one row: a second row of the same name is never found.
+
+    Names are compared as written: names that differ only in case or spacing
+    may be meant (push_events has the event LOCATION and the message location,
+    and says which one a lookup finds).
+    """
+    owner: dict[str, str] = {}
+    for index, row in enumerate(table.rows):
+        for name in dict.fromkeys(n.strip() for n in (row.key, *row.aliases)):
+            if name and name in owner:
+                line = line_of(node, ("rows", index, "key"))
+                problems.add(
+                    path,
+                    line,
+                    f"rows[{index}]: {row.key!r} names the same thing as row "
+                    f"{owner[name]!r}, which is found first",
+                )
+            owner.setdefault(name, row.key)
+
+
 def load_knowledge(root: Path | None = None) -> Knowledge:
     """Load and validate the whole knowledge base.
 
@@ -631,12 +654,13 @@ def load_knowledge(root: Path | None = None) -> Knowledge:
 
     tables: dict[str, Table] = {}
     for path in sorted((root / "reference").glob("*.yaml")):
-        table, _ = _validate(Table, path, problems)
+        table, node = _validate(Table, path, problems)
         if table is None:
             continue
         if table.id in tables:
             problems.add(path, 1, f"id: duplicate reference table {table.id!r}")
         tables[table.id] = table
+        _check_row_names(table, path, node, problems)
 
     findings = _load_findings(root / "findings.yaml", problems)
     templates = _load_templates(root, problems)
