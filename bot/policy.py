@@ -108,13 +108,23 @@ class SimulatedClock:
 
 
 def parse_duration(text: str) -> timedelta | None:
-    """Read ``30m``, ``2h``, ``1d``, ``90`` (minutes) or ``2小时``, else ``None``."""
+    """Read ``30m``, ``2h``, ``1d``, ``90`` (minutes) or ``2小时``, else ``None``.
+
+    Durations over ``MAX_DURATION`` are ``None`` too: a silence or a period of
+    centuries is a typo, and would overflow the date arithmetic.
+    """
     match = _DURATION_RE.match(text.strip())
     if match is None:
         return None
     unit = (match["unit"] or "m").lower()
     value = float(match["n"]) * _UNIT_SECONDS[unit[0]]
-    return timedelta(seconds=value) if value > 0 else None
+    if not 0 < value <= MAX_DURATION.total_seconds():
+        return None
+    return timedelta(seconds=value)
+
+
+MAX_DURATION = timedelta(days=366)
+"""The longest duration ``parse_duration`` reads (silences, stats periods)."""
 
 
 # ------------------------------------------------------------------- values

@@ -381,9 +381,17 @@ def test_parse_duration(text: str, minutes: int) -> None:
     assert parse_duration(text) == timedelta(minutes=minutes)
 
 
-@pytest.mark.parametrize("text", ["", "0", "soon", "-5m", "2y"])
+@pytest.mark.parametrize(
+    "text", ["", "0", "soon", "-5m", "2y", "367d", "99999999999999d", "1" * 400]
+)
 def test_parse_duration_refuses_non_durations(text: str) -> None:
+    # A centuries-long /mute crashed the command (timedelta overflow).
     assert parse_duration(text) is None
+
+
+def test_parse_duration_reads_up_to_a_year() -> None:
+    assert parse_duration("366d") == timedelta(days=366)
+    assert parse_duration("52w") == timedelta(weeks=52)
 
 
 def test_simulated_clock_never_goes_back() -> None:
