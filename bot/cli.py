@@ -206,9 +206,11 @@ def ask(
     from bot.commands import render_answer
     from bot.search import KnowledgeSearch
 
+    text = " ".join(question)
+    if not text.strip():
+        raise click.UsageError("QUESTION is empty: e.g. alarm-bot ask '499 是什么'")
     knowledge = _knowledge(knowledge_dir)
     dispatcher = Dispatcher(knowledge, lang=_lang(lang))
-    text = " ".join(question)
     matches = KnowledgeSearch(knowledge).search(text)
     if matches:
         reply = render_answer(knowledge, dispatcher.renderer, matches)

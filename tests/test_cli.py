@@ -127,3 +127,9 @@ def test_chat_with_a_broken_config_says_which(tmp_path: Path) -> None:
     result = _run("chat", "--config", str(config), stdin="/help\n")
     assert result.exit_code == 1
     assert "colour" in result.output
+
+
+def test_ask_with_an_empty_question_shows_usage() -> None:
+    result = _run("ask", "  ")
+    assert result.exit_code == 2
+    assert "QUESTION is empty" in result.output
