@@ -1178,20 +1178,27 @@ def _all_clear(window: WindowStats, signs: dict[str, int]) -> Remark:
 
 
 def parse_window(text: str) -> timedelta:
-    """Parse ``5m``, ``300s``, ``1h`` or a bare number of minutes.
+    """Parse ``5m``, ``300s``, ``1h``, ``1d``, ``1h30m``, ``5分钟`` or minutes.
 
     Raises:
         ValueError: not such a duration, or not in (0, ``MAX_WINDOW``].
     """
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if match is None:
-        raise ValueError(f"not a duration: {text!r} (use 5m, 300s or 1h)")
-    unit = {"s": 1, "m": 60, "h": 3600, "": 60}[match[2]]
-    seconds = float(match[1]) * unit
+    parts = _WINDOW_PART.findall(text.strip().lower())
+    if not text.strip() or _WINDOW_PART.sub("", text.strip().lower()).strip():
+        raise ValueError(f"not a duration: {text!r} (use 5m, 300s, 1h30m or 1d)")
+    seconds = sum(float(number) * _WINDOW_UNITS[unit] for number, unit in parts)
     # Compared as a float first: timedelta() overflows on absurd values.
     if not 0 < seconds <= MAX_WINDOW.total_seconds():
         raise ValueError(f"{text.strip()!r} is out of range: {_WINDOW_RANGE}")
     return timedelta(seconds=seconds)
+
+
+_WINDOW_PART = re.compile(
+    r"\s*(\d+(?:\.\d+)?)\s*(s|秒|m|min|分钟|分|h|小时|d|天|)(?![a-z])"
+)
+_WINDOW_UNITS = {"s": 1, "秒": 1, "m": 60, "min": 60, "分钟": 60, "分": 60, "": 60}
+_WINDOW_UNITS |= {"h": 3600, "小时": 3600, "d": 86400, "天": 86400}
+_STAMP = re.compile(r"\d{9,11}")
 
 
 def parse_around(text: str, zone: str | tzinfo = "+08:00") -> datetime:
@@ -1201,12 +1208,18 @@ def parse_around(text: str, zone: str | tzinfo = "+08:00") -> datetime:
         ValueError: not a time, not in [``EARLIEST``, ``LATEST``), or not a
             zone like ``+08:00``.
     """
+    written = text.strip()
     try:
-        moment = datetime.fromisoformat(text.strip())
+        if _STAMP.fullmatch(written):  # the Stamp of an alarm's error sample
+            moment = datetime.fromtimestamp(int(written), UTC)
+        else:  # error.log writes dates with slashes
+            moment = datetime.fromisoformat(
+                re.sub(r"^(\d{4})/(\d\d)/", r"\1-\2-", written)
+            )
     except ValueError:
         raise ValueError(
-            f"not a time: {text!r} (use 2014-12-01 20:12:00, or "
-            "2014-12-01T20:12:00+08:00 with a UTC offset)"
+            f"not a time: {text!r} (use 2014-12-01 20:12:00, "
+            "2014-12-01T20:12:00+08:00 with a UTC offset, or a Unix Stamp)"
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(

@@ -303,7 +303,8 @@ AROUND = "2014-12-01 20:12:00"
         (
             ["--around", "yesterday"],
             "Invalid value for '--around': not a time: 'yesterday' "
-            "(use 2014-12-01 20:12:00, or 2014-12-01T20:12:00+08:00 with a UTC offset)",
+            "(use 2014-12-01 20:12:00, 2014-12-01T20:12:00+08:00 with a UTC offset, "
+            "or a Unix Stamp)",
         ),
         (
             ["--around", "9999-12-31 23:59:00"],

@@ -134,6 +134,16 @@ def test_report_text_is_chinese_with_the_conclusions_last(generated, zh):
     assert "  ➜ 看 upstream_response_time 是否明显偏高" in conclusions
 
 
+def test_report_header_gives_the_end_date_when_the_window_crosses_a_day(generated, zh):
+    access, _, truth = generated
+    around = alarm_time(truth)
+    report = scan_logs([access], around=around, window=timedelta(days=1))
+    end = around + timedelta(days=1)
+    assert format_report(report, zh).startswith(
+        f"📜 nginx 日志：{around:%Y-%m-%d %H:%M:%S} 至 {end:%Y-%m-%d %H:%M:%S}（"
+    )
+
+
 def test_report_text_in_english(generated, en):
     access, errors, truth = generated
     report = scan_logs([access], around=alarm_time(truth), error_log=errors)
@@ -826,15 +836,26 @@ def test_every_concluded_id_has_a_sample_for_kb_check(generated):
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("5m", 300), ("300s", 300), ("1h", 3600), ("10", 600)]
+    ("text", "seconds"),
+    [
+        ("5m", 300),
+        ("300s", 300),
+        ("1h", 3600),
+        ("10", 600),
+        ("1d", 86400),
+        ("1h30m", 5400),
+        ("5分钟", 300),
+        ("2小时", 7200),
+    ],
 )
 def test_parse_window(text, seconds):
     assert parse_window(text).total_seconds() == seconds
 
 
-def test_parse_window_refuses_nonsense():
+@pytest.mark.parametrize("text", ["five minutes", "5x", "5m garbage", "", "m"])
+def test_parse_window_refuses_nonsense(text):
     with pytest.raises(ValueError, match="not a duration"):
-        parse_window("five minutes")
+        parse_window(text)
 
 
 @pytest.mark.parametrize("text", ["0", "0s", "0.0m", "745h", "99999999h", "9" * 400])
@@ -845,6 +866,12 @@ def test_parse_window_refuses_a_window_out_of_range(text):
 
 def test_parse_window_takes_up_to_31_days():
     assert parse_window("744h") == timedelta(days=31)
+
+
+def test_parse_around_takes_a_stamp_and_the_error_log_date():
+    # The Stamp of an alarm's error sample, and a time copied from error.log.
+    assert parse_around("1417435920") == parse_around("2014-12-01 20:12:00")
+    assert parse_around("2014/12/01 20:12:00") == parse_around("2014-12-01 20:12:00")
 
 
 @pytest.mark.parametrize(
