@@ -14,6 +14,9 @@ Every confirmed change is journaled in ``changes.jsonl`` in the history director
 with a copy of the file before and after it, so ``kb undo`` can put the old text
 back. When the knowledge directory is a git repository of its own, each change is
 also a commit authored by the person who proposed it.
+
+Proposals waiting for review are kept in ``pending.json`` beside the journal, so
+a restart does not drop them before their 24 hours are up.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import yaml
 
@@ -55,6 +58,7 @@ PROPOSAL_TTL = timedelta(hours=24)
 MAX_PENDING = 50
 DIFF_LINES = 30
 JOURNAL = "changes.jsonl"
+PENDING = "pending.json"
 # WeChat turns pasted indentation into these; YAML only accepts plain spaces.
 _ODD_SPACES = str.maketrans({"\u00a0": " ", "\u2005": " ", "\u3000": " "})
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -313,6 +317,21 @@ class Proposal:
     diff: tuple[str, ...]
     diff_more: int
 
+    def to_json(self) -> dict[str, object]:
+        """The proposal as ``pending.json`` keeps it."""
+        data = asdict(self)
+        data["created_at"] = self.created_at.isoformat()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Proposal:
+        """Read a proposal back from ``pending.json``."""
+        values = dict(data)
+        values["author"] = Author(**values["author"])
+        values["created_at"] = datetime.fromisoformat(values["created_at"])
+        values["diff"] = tuple(values["diff"])
+        return cls(**values)
+
 
 @dataclass(frozen=True, slots=True)
 class ChangeRecord:
@@ -399,8 +418,8 @@ class KnowledgeEditor:
         self.audit_log = audit
         self._loader = loader or _default_loader
         self._clock = clock or (lambda: datetime.now(PLATFORM_TZ))
-        self._pending: dict[str, Proposal] = {}
         self._lock = threading.RLock()
+        self._pending: dict[str, Proposal] = self._load_pending()
 
     @property
     def is_git(self) -> bool:
@@ -470,6 +489,7 @@ class KnowledgeEditor:
             )
             self._expire()
             self._pending[proposal.change_id] = proposal
+            self._save_pending()
         action = "kb.suggest" if is_suggestion else "kb.propose"
         self._audit(author, action, proposal.change_id, entry=entry_id, path=rel)
         logger.info(
@@ -514,11 +534,13 @@ class KnowledgeEditor:
             current = _read(path) or ""
             if current != proposal.base_text:
                 del self._pending[proposal.change_id]
+                self._save_pending()
                 raise KnowledgeEditError(
                     "stale", change_id=change_id, path=proposal.path
                 )
             self._validate({proposal.path: proposal.new_text})
             del self._pending[proposal.change_id]
+            self._save_pending()
             before = None if proposal.is_new and proposal.kind != "faq" else current
             record = ChangeRecord(
                 change_id=proposal.change_id,
@@ -681,16 +703,50 @@ class KnowledgeEditor:
         proposal = self._pending.pop(change_id.strip().lower(), None)
         if proposal is None:
             raise KnowledgeEditError("unknown_change", change_id=change_id)
+        self._save_pending()
         return proposal
 
     def _expire(self) -> None:
         oldest = self._clock() - PROPOSAL_TTL
+        before = len(self._pending)
         for change_id, proposal in list(self._pending.items()):
             if proposal.created_at < oldest:
                 del self._pending[change_id]
         while len(self._pending) >= MAX_PENDING:
             first = min(self._pending.values(), key=lambda p: p.created_at)
             del self._pending[first.change_id]
+        if len(self._pending) != before:
+            self._save_pending()
+
+    def _load_pending(self) -> dict[str, Proposal]:
+        """This directory's proposals kept by an earlier run, expired ones too."""
+        try:
+            text = _read(self.history_dir / PENDING)
+            kept = json.loads(text) if text else {}
+            rows = kept.get(str(self.root), []) if isinstance(kept, dict) else []
+            proposals = [Proposal.from_json(row) for row in rows]
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            # Proposals are a convenience: an unreadable file costs them, not the bot.
+            logger.warning(
+                "%s: unreadable, pending proposals dropped: %s", PENDING, exc
+            )
+            return {}
+        return {p.change_id: p for p in proposals}
+
+    def _save_pending(self) -> None:
+        """Write this directory's proposals to ``pending.json``, keeping others'."""
+        path = self.history_dir / PENDING
+        try:
+            kept = json.loads(_read(path) or "{}")
+        except ValueError:
+            kept = {}
+        if not isinstance(kept, dict):
+            kept = {}
+        kept[str(self.root)] = [p.to_json() for p in self._pending.values()]
+        try:
+            write_atomic(path, json.dumps(kept, ensure_ascii=False, indent=1))
+        except OSError as exc:  # in memory they stand; only a restart loses them
+            logger.warning("cannot keep pending proposals in %s: %s", path, exc)
 
     def _new_change_id(self) -> str:
         taken = set(self._pending) | {r.change_id for r in self._journal()}

@@ -357,6 +357,52 @@ def test_proposals_expire_after_a_day(editor: KnowledgeEditor, clock: Clock) -> 
     assert editor.pending() == []
 
 
+def restarted(editor: KnowledgeEditor, clock: Clock) -> KnowledgeEditor:
+    """A new editor on the same directories, as after the bot restarts."""
+    return KnowledgeEditor(
+        editor.root, editor.history_dir, loader=load_knowledge, clock=clock
+    )
+
+
+def test_a_proposal_outlives_a_restart_and_can_be_confirmed(
+    editor: KnowledgeEditor, clock: Clock, root: Path
+) -> None:
+    span = editor.show("alarm_setup")
+    proposal = editor.propose(
+        "alarm_setup", edited(span.entry_text()), MEMBER, is_suggestion=True
+    )
+
+    again = restarted(editor, clock)
+
+    assert again.pending() == [proposal]
+    again.confirm(proposal.change_id, ADMIN)
+    assert "alarm group? (v2)" in (root / "faq.yaml").read_text(encoding="utf-8")
+    assert restarted(editor, clock).pending() == []
+
+
+def test_a_kept_proposal_still_expires_after_a_day(
+    editor: KnowledgeEditor, clock: Clock
+) -> None:
+    span = editor.show("alarm_setup")
+    editor.propose("alarm_setup", edited(span.entry_text()), ADMIN, is_suggestion=False)
+    clock.now += timedelta(hours=25)
+    assert restarted(editor, clock).pending() == []
+    assert restarted(editor, clock).pending() == []  # and the file forgot it
+
+
+def test_an_unreadable_pending_file_costs_the_proposals_not_the_editor(
+    editor: KnowledgeEditor, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    editor.history_dir.mkdir(parents=True, exist_ok=True)
+    (editor.history_dir / "pending.json").write_text("{not json", encoding="utf-8")
+    again = restarted(editor, clock)
+    assert again.pending() == []
+    assert "pending.json: unreadable, pending proposals dropped" in caplog.text
+    span = again.show("alarm_setup")
+    again.propose("alarm_setup", edited(span.entry_text()), ADMIN, is_suggestion=False)
+    assert len(restarted(editor, clock).pending()) == 1
+
+
 def test_write_atomic_keeps_the_mode_and_leaves_no_temporary_file(
     tmp_path: Path,
 ) -> None:
