@@ -161,6 +161,7 @@ class _Block:
     """The fields of one alarm while it is being read."""
 
     start: int
+    lead: str = ""
     values: dict[str, str] = field(default_factory=dict)
     sample: list[tuple[str, str]] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
@@ -208,7 +209,7 @@ def _read_blocks(raw: str) -> tuple[str, list[_Block]]:
         order = _FIELDS.index(name)
         if current is not None and (
             name in current.values
-            or (order <= current.last and _starts_alarm(labels, index))
+            or (order <= current.last and _starts_alarm(labels, index, current))
         ):
             blocks.append(current)
             current = None
@@ -221,7 +222,7 @@ def _read_blocks(raw: str) -> tuple[str, list[_Block]]:
                 current = None
             continue
         if current is None:
-            current = _Block(start=match.start())
+            current = _Block(start=match.start(), lead=name)
         current.last = max(current.last, order)
         next_start = _next_label_start(labels, index, len(text))
         if name == "sample":
@@ -237,18 +238,24 @@ def _read_blocks(raw: str) -> tuple[str, list[_Block]]:
     return text, [block for block in blocks if _looks_like_alarm(block)]
 
 
-def _starts_alarm(labels: list[re.Match[str]], index: int) -> bool:
+def _starts_alarm(labels: list[re.Match[str]], index: int, current: _Block) -> bool:
     """Whether a field out of the usual order begins the next alarm.
 
     The platform writes Appid, 昵称, 时间, 内容, 次数, 错误样例 in that order, so
-    a field that goes back usually starts another alarm. People reorder the
-    fields when they type an alarm out, though: the field starts an alarm only
-    when the fields from it on keep the platform's order up to a 内容 line.
+    a field that goes back usually starts another alarm, as when the second of
+    two pasted alarms has a 昵称 line the first lacks. People type the fields
+    in orders of their own, though, and then each alarm starts with the same
+    field as the first. So the field starts an alarm only when the current one
+    has its 内容 line, and the fields from it on keep the platform's order up
+    to a 内容 line without passing the field the current alarm started with
+    (there, at the repeat, the next alarm starts instead).
     """
+    if "content" not in current.values:
+        return False
     last = -1
     for match in labels[index:]:
         name = _label_name(match.group("label"))
-        if name == "trailer":
+        if name in ("trailer", current.lead):
             return False
         order = _FIELDS.index(name)
         if order <= last:
@@ -386,11 +393,17 @@ def _parse_time(value: str) -> tuple[str | None, datetime | None]:
         )
     except ValueError:
         return match.group(0), None
-    if not EARLIEST_YEAR <= when.year <= LATEST_YEAR:
-        # A typo'd or forged year ("0001", "9999") would reach date arithmetic
-        # and SQLite unchecked; such a 时间 is kept as text, not as a time.
+    if not EARLIEST_YEAR <= when.year <= LATEST_YEAR or when > _latest_trusted():
+        # A typo'd or forged year ("0001", "2099") would reach date arithmetic
+        # and SQLite unchecked, and a time in the future would hold its group's
+        # window open for years; such a 时间 is kept as text, not as a time.
         return match.group(0), None
     return match.group(0), when
+
+
+def _latest_trusted() -> datetime:
+    # A day's slack for clocks that are off; the platform never dates ahead.
+    return datetime.now(PLATFORM_TZ) + timedelta(days=1)
 
 
 def _type_from_sample(sample: dict[str, str]) -> str:

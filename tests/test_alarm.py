@@ -108,6 +108,57 @@ def test_parse_two_reordered_alarms_in_one_message(knowledge: Knowledge) -> None
     assert first.nickname == then.nickname == "某某出行助手"
 
 
+@pytest.mark.parametrize(
+    "order",
+    [
+        ("昵称", "时间", "内容", "次数", "Appid"),
+        ("昵称", "Appid", "时间", "内容", "次数"),
+        ("时间", "Appid", "昵称", "内容", "次数"),
+        ("内容", "次数", "Appid", "昵称", "时间"),
+        ("Appid", "昵称", "时间", "内容", "次数"),
+    ],
+)
+def test_parse_two_alarms_typed_in_the_same_order_of_their_own(
+    order: tuple[str, ...], knowledge: Knowledge
+) -> None:
+    # Each alarm starts with the field the first one starts with; an Appid
+    # typed last belongs to its own alarm, not to the next one.
+    def typed(nickname: str, appid: str, content: str, count: int) -> str:
+        fields = {
+            "昵称": f"昵称: {nickname}",
+            "Appid": f"Appid: {appid}",
+            "时间": "时间: 2021-09-28 12:20:06",
+            "内容": f"内容: {content}",
+            "次数": f"次数: 5分钟 {count}次",
+        }
+        return "\n".join(fields[name] for name in order)
+
+    text = "\n".join(
+        [
+            typed(
+                "A店",
+                "wx4f3c2b1a0d9e8f7a",
+                "微信服务器连接公众号开发者服务器时发生超时",
+                32,
+            ),
+            typed(
+                "B店",
+                "wx1111111111111111",
+                "微信服务器向公众号推送消息或事件后,解析DNS失败",
+                3,
+            ),
+        ]
+    )
+    first, then = parse(text, knowledge.matcher)
+    assert (first.nickname, first.appid, first.count) == (
+        "A店",
+        "wx4f3c2b1a0d9e8f7a",
+        32,
+    )
+    assert (then.nickname, then.appid, then.count) == ("B店", "wx1111111111111111", 3)
+    assert (first.type, then.type) == ("connect_timeout", "dns_failure")
+
+
 def test_parse_a_field_going_back_before_a_content_line_starts_an_alarm(
     knowledge: Knowledge,
 ) -> None:
@@ -129,6 +180,7 @@ def test_parse_a_field_going_back_before_a_content_line_starts_an_alarm(
         ("时间: 0001-01-01 00:00:00", "time", None),
         ("时间: 9999-12-31 23:59:59", "time", None),
         ("时间: 2099-12-31 23:59:59", "time_text", "2099-12-31 23:59:59"),
+        ("时间: 2099-12-31 23:59:59", "time", None),  # in the future
         ("次数: 5分钟 99999999999999999999次", "count", None),
         ("次数: 5分钟 " + "9" * 5000 + "次", "count", None),
         ("次数: 99999999999小时 3次", "window_minutes", None),
