@@ -31,11 +31,14 @@ from bot.store import AlarmStats, WindowCount
 
 logger = logging.getLogger(__name__)
 # An HTTP status in the words of /nginx: 3 digits, not part of a longer number.
-# A status on its own: not part of a longer number, a pid ("502#0") or a
-# connection number ("*502").
+# A status on its own: not part of a longer number, an address or port
+# ("10.0.0.5:502"), a decimal ("20.500"), a pid ("502#0") or a connection
+# number ("*502").
+_CONNECT_FAILED = "connect() failed"
 _TIED = 0.9
 """Search scores within this share of the best count as equally good."""
-_STATUS_CODE = re.compile(r"(?<![\d*])[1-5]\d\d(?![\d#])")
+_ALONE = r"(?<![\d*:.#/])"
+_STATUS_CODE = re.compile(_ALONE + r"[1-5]\d\d(?![\d#]|[.:]\d)")
 
 
 class AlarmDesk(Protocol):
@@ -278,10 +281,12 @@ def find_nginx_row(knowledge: Knowledge, words: str) -> tuple[Table, Row] | None
             return table, row
     # Else an error-log message inside the words: the one found first, the
     # longest of those starting there, so "upstream timed out (110: Connection
-    # timed out)" finds the message nginx leads with, not its cause.
+    # timed out)" finds the message nginx leads with, not its cause. A
+    # "connect() … failed" line is the exception: its row only says to read the
+    # cause nginx adds ("Connection refused"), so that cause's row comes first.
     inside = [
-        (wanted.find(n), -len(n), index)
-        for index, (_, _, names) in enumerate(rows)
+        (row.key == _CONNECT_FAILED, wanted.find(n), -len(n), index)
+        for index, (_, row, names) in enumerate(rows)
         for n in names
         if not n[:1].isdigit() and n in wanted
     ]
@@ -289,14 +294,14 @@ def find_nginx_row(knowledge: Knowledge, words: str) -> tuple[Table, Row] | None
     # digits of a pasted line's date, time or pid ("12:00:00" holds no 200).
     folded = unicodedata.normalize("NFKC", words).casefold()
     inside = inside or [
-        (found.start(), 0, index)
+        (False, found.start(), 0, index)
         for index, (_, _, names) in enumerate(rows)
         for n in names
         if n[:1].isdigit()
-        and (found := re.search(rf"(?<![\d*]){re.escape(n)}(?![0-9a-z#])", folded))
+        and (found := re.search(rf"{_ALONE}{re.escape(n)}(?![0-9a-z#]|[.:]\d)", folded))
     ]
     if inside:
-        table, row, _ = rows[min(inside)[2]]
+        table, row, _ = rows[min(inside)[-1]]
         return table, row
     # A status without a row of its own ("501") is explained by its class (5xx).
     status = _STATUS_CODE.search(words)

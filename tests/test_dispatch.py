@@ -214,7 +214,8 @@ def test_nginx_explains_a_status_by_its_row_or_its_class(
             "upstream",
             "Connection timed out",
         ),
-        ("connect() failed (111: Connection refused)", "connect() failed"),
+        ("connect() failed (111: Connection refused)", "Connection refused"),
+        ("connect() failed", "connect() failed"),
         ("日志里有 Connection refused 是什么", "Connection refused"),
         (
             "2024/01/01 12:00:00 [error] 123#0: *1 upstream timed out (110: "
@@ -225,6 +226,11 @@ def test_nginx_explains_a_status_by_its_row_or_its_class(
             "2023/05/06 03:04:05 [crit] 502#0: *404 connect() to 10.0.0.1:8080 "
             "failed (11: Resource temporarily unavailable)",
             "Resource temporarily unavailable",
+        ),
+        (
+            "2024/03/05 10:04:04 [crit] 502#502: *499 connect() to "
+            "unix:/run/php.sock failed (2: No such file or directory)",
+            "connect() failed",
         ),
         (
             "2024/03/15 09:08:07 [alert] 1#0: 1024 worker_connections are not enough",
@@ -244,6 +250,10 @@ def test_nginx_finds_the_message_an_error_line_leads_with(
     ("words", "key"),
     [
         ("2024/03/15 12:00:00 [error] 502#0: *499 something odd", None),
+        ('closed, upstream: "http://10.0.0.5:502/wx"', None),
+        ('limiting requests, excess: 20.500 by zone "one"', None),
+        ('too big header, host: "a:443"', None),
+        ("返回 502.", "502"),
         ("nginx499 是啥", "499"),
         ("HTTP/1.1 502 Bad Gateway", "502"),
         ("3xx", "301"),
