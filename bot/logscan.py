@@ -941,7 +941,9 @@ def scan_logs(
         errors=errors,
         files=tuple(files),
         utc_offset=offset,
-        conclusions=conclude(stats, baseline, errors),
+        conclusions=_trusted(
+            conclude(stats, baseline, errors), files[: len(access_logs)]
+        ),
         notes=_read_notes(fmt, files, unparsed),
         elapsed_ms=(time.perf_counter() - began) * 1000,
         warnings=(
@@ -970,6 +972,21 @@ def _access_format(
     for path, head in filled:
         check_format(fmt, path, head)
     return fmt, filled[0][1]
+
+
+_ABSENCE = frozenset({"no_requests", "no_traffic", "all_clear"})
+"""Conclusions that stand on what the log does not show."""
+
+
+def _trusted(
+    conclusions: tuple[Remark, ...], reads: list[FileRead]
+) -> tuple[Remark, ...]:
+    """Drop what a log cut short cannot support: no request is not no traffic."""
+    cut = [read.path for read in reads if not read.is_complete]
+    if not cut:
+        return conclusions
+    kept = tuple(c for c in conclusions if c.id not in _ABSENCE)
+    return kept or (Remark("cut_short", {"path": cut[0]}),)
 
 
 def _head(path: Path, count: int = _HEAD_LINES) -> list[str]:
@@ -1472,6 +1489,7 @@ SAMPLE_REMARKS: tuple[Remark, ...] = (
     Remark("unparsed", {"lines": 2, "long": 0}),
     Remark("unordered", {"path": "/var/log/nginx/access.log"}),
     Remark("truncated", {"path": "/var/log/nginx/access.log.1.gz"}),
+    Remark("cut_short", {"path": "/var/log/nginx/access.log.1.gz"}),
 )
 """Every conclusion, note and warning id, with values for each branch of its
 wording."""

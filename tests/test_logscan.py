@@ -397,6 +397,21 @@ def test_a_gzip_log_cut_short_reports_what_it_read_and_warns(tmp_path, zh):
     )
 
 
+def test_a_gzip_log_cut_before_the_window_concludes_nothing(tmp_path, zh):
+    # No request after the cut is not "the platform could not reach you".
+    start = bench.FAULT_AT
+    path = tmp_path / "access.log.1.gz"
+    with gzip.open(path, "wt") as out:
+        out.writelines(combined_line(start - 900 + i, "200") for i in range(5000))
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 10])  # ends before the window
+    report = scan_logs([path], around=alarm_time(bench.Truth(start, 300)))
+    assert report.window.requests == 0
+    assert [c.id for c in report.conclusions] == ["cut_short"]
+    assert "平台连不上" not in format_report(report, zh)
+    assert f"{path} 在时间窗里就断了" in format_report(report, zh)
+
+
 def test_a_gzip_log_with_no_readable_line_is_an_error(tmp_path):
     path = tmp_path / "access.log.gz"
     with gzip.open(path, "wt") as out:
