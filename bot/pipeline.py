@@ -575,6 +575,10 @@ async def chat_in_console(
         await run_console(
             pipeline.dispatch, sender=sender, banner=banner, out=channel.out
         )
+        # At the end of input, what was asked is still answered: the probes in
+        # flight (up to their 5 s limit), then every reply queued.
+        if pipeline.prober is not None:
+            await pipeline.prober.join()
         await pipeline.outbox.join()
 
     try:

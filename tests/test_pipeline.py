@@ -6,6 +6,7 @@ import asyncio
 import io
 import shutil
 import sqlite3
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from bot.replay import drain
 from bot.settings import Settings
 
 from .conftest import TIMEOUT_ALARM as ALARM
+from .httpserver import Handler, HttpServer, Received, http_response
 
 START = datetime(2024, 5, 1, 10, 0, tzinfo=PLATFORM_TZ)
 
@@ -226,3 +228,34 @@ async def test_an_impossible_time_or_count_is_answered_and_breaks_no_command(
     assert "【请求超时】" in channel.said[0].text
     assert all(reply.text != error for reply in channel.said)
     pipeline.close()
+
+
+async def test_console_chat_answers_a_probe_asked_just_before_the_input_ends(
+    knowledge: Knowledge,
+    tmp_path: Path,
+    serve: Callable[[Handler], Awaitable[HttpServer]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Piped input ends at once; the probe's answer used to be dropped.
+    async def slow_success(request: Received) -> bytes:
+        await asyncio.sleep(0.3)
+        return http_response(200, "success")
+
+    server = await serve(slow_success)
+    settings = Settings.model_validate(
+        {
+            "admins": ["you"],
+            "knowledge_watch": False,
+            "kb_history_dir": tmp_path / "kb-history",
+            "probes": {"wx00000000000000ab": {"url": server.url(), "token": "tok3n"}},
+            "probe_allow_private": True,
+        }
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO("/probe wx00000000000000ab\n"))
+
+    await chat_in_console(knowledge, settings, sender="you", banner=None)
+
+    out = capsys.readouterr().out
+    assert f"🔎 探测 wx00000000000000ab：{server.url()}" in out, out
+    assert "✅ 结论：正常" in out
