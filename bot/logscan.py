@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, BinaryIO, NamedTuple, cast
 
 from bot.errors import BotError
 from bot.knowledge import Knowledge, Row, normalize
+from bot.policy import duration_seconds
 
 if TYPE_CHECKING:
     from bot.render import ReplyRenderer
@@ -1197,24 +1198,20 @@ def _all_clear(window: WindowStats, signs: dict[str, int]) -> Remark:
 def parse_window(text: str) -> timedelta:
     """Parse ``5m``, ``300s``, ``1h``, ``1d``, ``1h30m``, ``5分钟`` or minutes.
 
+    Durations read as in the chat commands (``bot.policy.duration_seconds``).
+
     Raises:
         ValueError: not such a duration, or not in (0, ``MAX_WINDOW``].
     """
-    parts = _WINDOW_PART.findall(text.strip().lower())
-    if not text.strip() or _WINDOW_PART.sub("", text.strip().lower()).strip():
+    seconds = duration_seconds(text.strip())
+    if seconds is None:
         raise ValueError(f"not a duration: {text!r} (use 5m, 300s, 1h30m or 1d)")
-    seconds = sum(float(number) * _WINDOW_UNITS[unit] for number, unit in parts)
     # Compared as a float first: timedelta() overflows on absurd values.
     if not 0 < seconds <= MAX_WINDOW.total_seconds():
         raise ValueError(f"{text.strip()!r} is out of range: {_WINDOW_RANGE}")
     return timedelta(seconds=seconds)
 
 
-_WINDOW_PART = re.compile(
-    r"\s*(\d+(?:\.\d+)?)\s*(s|秒|m|min|分钟|分|h|小时|d|天|)(?![a-z])"
-)
-_WINDOW_UNITS = {"s": 1, "秒": 1, "m": 60, "min": 60, "分钟": 60, "分": 60, "": 60}
-_WINDOW_UNITS |= {"h": 3600, "小时": 3600, "d": 86400, "天": 86400}
 _STAMP = re.compile(r"\d{9,11}")
 
 

@@ -52,10 +52,10 @@ DEFAULT_WINDOW_MINUTES = 5
 # NOTE: the platform posts "every five minutes" with a few seconds of jitter, so an
 # interval counts as passed a little early rather than a whole window late.
 INTERVAL_SLACK = 0.1
-_DURATION_RE = re.compile(
-    r"^(?P<n>\d+(?:\.\d+)?)\s*"
-    r"(?P<unit>s|sec|secs|seconds?|秒|m|min|mins|minutes?|分|分钟|"
-    r"h|hr|hrs|hours?|小时|时|d|days?|天|w|weeks?|周)?$",
+_DURATION_PART = re.compile(
+    r"\s*(?P<n>\d+(?:\.\d+)?)\s*"
+    r"(?P<unit>seconds?|secs?|s|秒|minutes?|mins?|m|分钟|分|"
+    r"hours?|hrs?|h|小时|时|days?|d|天|weeks?|w|周|)(?![a-z])\s*",
     re.IGNORECASE,
 )
 # Seconds per unit, keyed by the unit's first character.
@@ -108,19 +108,33 @@ class SimulatedClock:
 
 
 def parse_duration(text: str) -> timedelta | None:
-    """Read ``30m``, ``2h``, ``1d``, ``90`` (minutes) or ``2小时``, else ``None``.
+    """Read ``30m``, ``1h30m``, ``1d``, ``90`` (minutes) or ``2小时``, else ``None``.
 
     Durations over ``MAX_DURATION`` are ``None`` too: a silence or a period of
     centuries is a typo, and would overflow the date arithmetic.
     """
-    match = _DURATION_RE.match(text.strip())
-    if match is None:
-        return None
-    unit = (match["unit"] or "m").lower()
-    value = float(match["n"]) * _UNIT_SECONDS[unit[0]]
-    if not 0 < value <= MAX_DURATION.total_seconds():
+    value = duration_seconds(text)
+    if value is None or not 0 < value <= MAX_DURATION.total_seconds():
         return None
     return timedelta(seconds=value)
+
+
+def duration_seconds(text: str) -> float | None:
+    """Seconds in ``5m``, ``1h30m``, ``2小时``, ``1d`` or ``90`` (minutes), else None.
+
+    The one reading of durations for every command and option; callers check
+    the range they accept.
+    """
+    parts = list(_DURATION_PART.finditer(text))
+    if not parts or "".join(p.group() for p in parts) != text:
+        return None
+    if len(parts) > 1 and not all(p["unit"] for p in parts):
+        return None  # "1h30" is ambiguous: the bare number only stands alone
+    units = [(p["unit"] or "m").lower() for p in parts]
+    return sum(
+        float(p["n"]) * _UNIT_SECONDS[unit[0]]
+        for p, unit in zip(parts, units, strict=True)
+    )
 
 
 MAX_DURATION = timedelta(days=366)

@@ -389,6 +389,18 @@ def test_parse_duration_refuses_non_durations(text: str) -> None:
     assert parse_duration(text) is None
 
 
+@pytest.mark.parametrize(
+    ("text", "minutes"), [("1h30m", 90), ("1h 30m", 90), ("2 hours", 120), ("1.5h", 90)]
+)
+def test_parse_duration_reads_compound_durations(text: str, minutes: int) -> None:
+    # /mute 1h30m was refused while logs --window 1h30m was taken.
+    assert parse_duration(text) == timedelta(minutes=minutes)
+
+
+def test_parse_duration_refuses_a_bare_number_after_a_unit() -> None:
+    assert parse_duration("1h30") is None  # 30 minutes? seconds? not guessed
+
+
 def test_parse_duration_reads_up_to_a_year() -> None:
     assert parse_duration("366d") == timedelta(days=366)
     assert parse_duration("52w") == timedelta(weeks=52)
