@@ -378,17 +378,24 @@ def test_lines_read_out_of_order_are_warned_about_in_a_gzip_log(tmp_path):
     assert [warning.id for warning in report.warnings] == ["unordered"]
 
 
+def cut_gzip_log(directory: Path, *, first: int, kept: float) -> Path:
+    """A gzip log of 5,000 one-a-second lines from FAULT_AT + ``first`` s, cut
+    to the first ``kept`` share of its bytes, as a copy cut short would be."""
+    path = directory / "access.log.1.gz"
+    with gzip.open(path, "wt") as out:
+        moments = range(bench.FAULT_AT + first, bench.FAULT_AT + first + 5000)
+        out.writelines(combined_line(moment, "200") for moment in moments)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: int(len(whole) * kept)])
+    return path
+
+
 def test_a_gzip_log_cut_short_reports_what_it_read_and_warns(tmp_path, zh):
     # A rotation still being written, or a copy cut short in the middle of the
     # window: what was read is reported, and the report says the rest is lost.
     # (A cut after the window is not seen: reading stops at the window's end.)
-    start = bench.FAULT_AT
-    path = tmp_path / "access.log.1.gz"
-    with gzip.open(path, "wt") as out:
-        out.writelines(combined_line(start - 600 + i, "200") for i in range(5000))
-    whole = path.read_bytes()
-    path.write_bytes(whole[: len(whole) * 15 // 100])  # about 750 of 5000 lines
-    report = scan_logs([path], around=alarm_time(bench.Truth(start, 300)))
+    path = cut_gzip_log(tmp_path, first=-600, kept=0.15)  # 750 of 5000 lines
+    report = scan_logs([path], around=alarm_time(bench.Truth(bench.FAULT_AT, 300)))
     assert 0 < report.window.requests < 300
     assert not report.files[0].is_complete
     assert [warning.id for warning in report.warnings] == ["truncated"]
@@ -399,13 +406,8 @@ def test_a_gzip_log_cut_short_reports_what_it_read_and_warns(tmp_path, zh):
 
 def test_a_gzip_log_cut_before_the_window_concludes_nothing(tmp_path, zh):
     # No request after the cut is not "the platform could not reach you".
-    start = bench.FAULT_AT
-    path = tmp_path / "access.log.1.gz"
-    with gzip.open(path, "wt") as out:
-        out.writelines(combined_line(start - 900 + i, "200") for i in range(5000))
-    whole = path.read_bytes()
-    path.write_bytes(whole[: len(whole) // 10])  # ends before the window
-    report = scan_logs([path], around=alarm_time(bench.Truth(start, 300)))
+    path = cut_gzip_log(tmp_path, first=-900, kept=0.1)  # ends before the window
+    report = scan_logs([path], around=alarm_time(bench.Truth(bench.FAULT_AT, 300)))
     assert report.window.requests == 0
     assert [c.id for c in report.conclusions] == ["cut_short"]
     assert "平台连不上" not in format_report(report, zh)
