@@ -534,6 +534,8 @@ class FileRead:
             and the stop at the window's end may then have missed lines.
         is_complete: False when a gzip file ended early or was damaged (a
             rotation still being written, a cut copy): reading stopped there.
+        reached_end: True when a line after the window was read, so the
+            window was read to its end.
     """
 
     path: str
@@ -543,6 +545,7 @@ class FileRead:
     read_ms: float
     is_ordered: bool = True
     is_complete: bool = True
+    reached_end: bool = False
 
 
 @dataclass(slots=True)
@@ -552,6 +555,7 @@ class _Progress:
     read: float = 0.0
     is_ordered: bool = True
     is_complete: bool = True
+    reached_end: bool = False
 
 
 def read_lines(
@@ -588,6 +592,7 @@ def read_lines(
                         moment = line_time(line)
                         if moment is not None:
                             if moment >= end + _SLACK:
+                                progress.reached_end = True
                                 break
                             in_range = in_range or moment >= start - _SLACK
                             if moment < latest - _SLACK:
@@ -611,6 +616,7 @@ def read_lines(
             progress.read * 1000,
             progress.is_ordered,
             progress.is_complete,
+            progress.reached_end,
         )
 
     return lines(), report
@@ -982,12 +988,24 @@ _ABSENCE = frozenset({"no_requests", "no_traffic", "all_clear"})
 def _trusted(
     conclusions: tuple[Remark, ...], reads: list[FileRead]
 ) -> tuple[Remark, ...]:
-    """Drop what a log cut short cannot support: no request is not no traffic."""
-    cut = [read.path for read in reads if not read.is_complete]
-    if not cut:
+    """Drop what the logs as read cannot support: no request is not no traffic.
+
+    A file cut short counts only when no file was read past the window (an
+    older rotation cut short does not matter when the current log covers the
+    window); a file out of time order always does, since the seek misses lines.
+    """
+    cut = [r.path for r in reads if not r.is_complete]
+    if cut and any(r.reached_end for r in reads):
+        cut = []
+    unordered = [r.path for r in reads if not r.is_ordered]
+    if not cut and not unordered:
         return conclusions
     kept = tuple(c for c in conclusions if c.id not in _ABSENCE)
-    return kept or (Remark("cut_short", {"path": cut[0]}),)
+    if kept:
+        return kept
+    if cut:
+        return (Remark("cut_short", {"path": cut[0]}),)
+    return (Remark("unordered_counts", {"path": unordered[0]}),)
 
 
 def _head(path: Path, count: int = _HEAD_LINES) -> list[str]:
@@ -1487,6 +1505,7 @@ SAMPLE_REMARKS: tuple[Remark, ...] = (
     Remark("unordered", {"path": "/var/log/nginx/access.log"}),
     Remark("truncated", {"path": "/var/log/nginx/access.log.1.gz"}),
     Remark("cut_short", {"path": "/var/log/nginx/access.log.1.gz"}),
+    Remark("unordered_counts", {"path": "/var/log/nginx/access.log"}),
 )
 """Every conclusion, note and warning id, with values for each branch of its
 wording."""

@@ -414,6 +414,31 @@ def test_a_gzip_log_cut_before_the_window_concludes_nothing(tmp_path, zh):
     assert f"{path} 在时间窗里就断了" in format_report(report, zh)
 
 
+def test_an_older_rotation_cut_short_does_not_doubt_the_current_log(tmp_path):
+    # The cut file ends hours before the window; the current log covers it.
+    old = cut_gzip_log(tmp_path, first=-7200, kept=0.3)
+    current = tmp_path / "access.log"
+    moments = range(bench.FAULT_AT - 600, bench.FAULT_AT + 600)
+    current.write_text("".join(combined_line(m, "200") for m in moments))
+    report = scan_logs(
+        [old, current], around=alarm_time(bench.Truth(bench.FAULT_AT, 300))
+    )
+    assert [w.id for w in report.warnings] == ["truncated"]
+    assert [c.id for c in report.conclusions] == ["all_clear"]
+
+
+def test_a_log_out_of_order_supports_no_conclusion_of_absence(tmp_path, zh):
+    # An hour logged after the hour before it: the seek lands past the window.
+    path = tmp_path / "access.log"
+    later = range(bench.FAULT_AT - 1800, bench.FAULT_AT + 1800)
+    earlier = range(bench.FAULT_AT - 9000, bench.FAULT_AT - 5400)
+    path.write_text("".join(combined_line(m, "200") for m in [*later, *earlier]))
+    report = scan_logs([path], around=alarm_time(bench.Truth(bench.FAULT_AT, 300)))
+    assert [w.id for w in report.warnings] == ["unordered"]
+    assert "no_traffic" not in [c.id for c in report.conclusions]
+    assert "no_requests" not in [c.id for c in report.conclusions]
+
+
 def test_a_gzip_log_with_no_readable_line_is_an_error(tmp_path):
     path = tmp_path / "access.log.gz"
     with gzip.open(path, "wt") as out:
