@@ -30,15 +30,15 @@ from bot.search import KnowledgeSearch, Match
 from bot.store import AlarmStats, WindowCount
 
 logger = logging.getLogger(__name__)
-# An HTTP status in the words of /nginx: 3 digits, not part of a longer number.
-# A status on its own: not part of a longer number, an address or port
-# ("10.0.0.5:502"), a decimal ("20.500"), a pid ("502#0") or a connection
-# number ("*502").
 _CONNECT_FAILED = "connect() failed"
 _TIED = 0.9
 """Search scores within this share of the best count as equally good."""
-_ALONE = r"(?<![\d*:.#/])"
-_STATUS_CODE = re.compile(_ALONE + r"[1-5]\d\d(?![\d#]|[.:]\d)")
+# A status standing on its own in /nginx's words: not part of a longer number,
+# an address or port ("10.0.0.5:502"), a decimal ("20.500"), a pid ("502#0")
+# or a connection number ("*502"); "status:502" and "HTTP 502" are fine.
+_BEFORE = r"(?<![\d*#/])(?<!\d[:.])"
+_AFTER = r"(?![0-9a-z#]|[.:]\d)"
+_STATUS_CODE = re.compile(_BEFORE + r"[1-5]\d\d" + _AFTER)
 
 
 class AlarmDesk(Protocol):
@@ -284,27 +284,29 @@ def find_nginx_row(knowledge: Knowledge, words: str) -> tuple[Table, Row] | None
     # timed out)" finds the message nginx leads with, not its cause. A
     # "connect() … failed" line is the exception: its row only says to read the
     # cause nginx adds ("Connection refused"), so that cause's row comes first.
-    inside = [
-        (row.key == _CONNECT_FAILED, wanted.find(n), -len(n), index)
-        for index, (_, row, names) in enumerate(rows)
+    messages = [
+        ((row.key == _CONNECT_FAILED, wanted.find(n), -len(n)), table, row)
+        for table, row, names in rows
         for n in names
         if not n[:1].isdigit() and n in wanted
     ]
-    # Else a status standing on its own ("499 是什么", "HTTP 502"): never the
-    # digits of a pasted line's date, time or pid ("12:00:00" holds no 200).
+    if messages:
+        _, table, row = min(messages, key=lambda item: item[0])
+        return table, row
+    # Else the status standing on its own that comes first ("499 是什么").
     folded = unicodedata.normalize("NFKC", words).casefold()
-    inside = inside or [
-        (False, found.start(), 0, index)
-        for index, (_, _, names) in enumerate(rows)
+    statuses = [
+        (found.start(), table, row)
+        for table, row, names in rows
         for n in names
         if n[:1].isdigit()
-        and (found := re.search(rf"{_ALONE}{re.escape(n)}(?![0-9a-z#]|[.:]\d)", folded))
+        and (found := re.search(_BEFORE + re.escape(n) + _AFTER, folded))
     ]
-    if inside:
-        table, row, _ = rows[min(inside)[-1]]
+    if statuses:
+        _, table, row = min(statuses, key=lambda item: item[0])
         return table, row
     # A status without a row of its own ("501") is explained by its class (5xx).
-    status = _STATUS_CODE.search(words)
+    status = _STATUS_CODE.search(folded)
     table = knowledge.table("nginx_status")
     if status and table is not None:
         by_class = status_row(knowledge, status.group())
