@@ -324,16 +324,29 @@ class AlarmPipeline:
                 len(alarms),
                 room,
             )
-            self._answer_unrecorded(incoming, alarms)
+            self._answer_unrecorded(incoming, alarms, now)
             return
         self._decide_all(incoming, alarms, rows, room, now)
 
-    def _answer_unrecorded(self, incoming: Incoming, alarms: list[Alarm]) -> None:
+    def _answer_unrecorded(
+        self, incoming: Incoming, alarms: list[Alarm], now: datetime
+    ) -> None:
+        # Without the store there is no grouping, but what the room asked for
+        # still holds: a muted or acknowledged account stays quiet.
+        room = incoming.room or ""
+        answered = [
+            alarm
+            for alarm in alarms
+            if self.policy.silence_for(room, account_of(alarm), alarm.type, now) is None
+            and self.policy.ack_for(room, account_of(alarm), alarm.type, now) is None
+        ]
+        if not answered:
+            return
         knowledge = self.dispatcher.knowledge
-        diagnoses = [diagnose(alarm, knowledge) for alarm in alarms]
+        diagnoses = [diagnose(alarm, knowledge) for alarm in answered]
         reply = self.dispatcher.renderer.alarm_reply(diagnoses)
         self.outbox.submit(
-            Outgoing(room=incoming.room, kind="alarm", body=reply, alarms=len(alarms))
+            Outgoing(room=incoming.room, kind="alarm", body=reply, alarms=len(answered))
         )
 
     def _decide_all(

@@ -259,3 +259,24 @@ async def test_console_chat_answers_a_probe_asked_just_before_the_input_ends(
     out = capsys.readouterr().out
     assert f"🔎 探测 wx00000000000000ab：{server.url()}" in out, out
     assert "✅ 结论：正常" in out
+
+
+async def test_an_unrecorded_alarm_of_a_muted_account_stays_quiet(
+    knowledge: Knowledge, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline, channel, clock = open_pipeline(knowledge, tmp_path, admins=["admin"])
+    pipeline.handle(
+        Incoming(room="ops", sender="admin", text="/mute wx0123456789abcdef 2h")
+    )
+    await drain(pipeline, clock)
+    muted = len(channel.said)
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(pipeline.store, "record_alarms", full_disk)
+    pipeline.handle(Incoming(room="ops", sender="platform", text=ALARM))
+    await drain(pipeline, clock)
+
+    assert len(channel.said) == muted  # no reply, no apology
+    pipeline.close()
