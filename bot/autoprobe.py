@@ -81,6 +81,8 @@ PROBE_OVERALL = 20
 BODY_CHARS = 80
 _FORGET_AFTER = timedelta(hours=1)
 _REDACTED = "***"
+_ANYWHERE = 8
+"""Secrets this long are scrubbed even inside other text."""
 
 
 class ReplyQueue(Protocol):
@@ -358,16 +360,23 @@ def secret_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
     The probe quotes an answer only up to a length and marks the cut with an
     ellipsis, so a secret near the end may show as a prefix before ``...``,
     ``…`` or the end of a line: such prefixes of 4 characters or more match too.
-    A secret inside a longer word (``abc`` in ``abcdef``) is left alone.
+    A short secret inside a longer word (``abc`` in ``abcdef``) is left alone.
     """
     # Longest first, so a secret that contains another is matched whole.
     ordered = sorted(set(secrets), key=len, reverse=True)
     if not ordered:
         return None
-    # A token is a few letters or digits and may be a common word: it is
-    # scrubbed where it stands alone, never out of the middle of another word.
+    # A short token may be a piece of a common word ("TTP" of "HTTP"): it is
+    # scrubbed only where it stands alone. A longer one is scrubbed wherever it
+    # is, glued to other text too: servers echo WeChat's signature input, the
+    # timestamp, nonce and token joined without a separator.
     alone = r"(?<![A-Za-z0-9])"
-    whole = [alone + re.escape(secret) + r"(?![A-Za-z0-9])" for secret in ordered]
+    whole = [
+        re.escape(secret)
+        if len(secret) >= _ANYWHERE
+        else alone + re.escape(secret) + r"(?![A-Za-z0-9])"
+        for secret in ordered
+    ]
     cut = [alone + _prefixes(secret, 4) + r"(?=\.\.\.|…|$)" for secret in ordered]
     return re.compile("|".join(whole + cut), re.MULTILINE)
 

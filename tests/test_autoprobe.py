@@ -289,6 +289,16 @@ def test_a_short_token_is_scrubbed_only_where_it_stands_alone() -> None:
     assert scrubbed == "HTTP 500, token=***, ***."
 
 
+def test_a_long_token_glued_to_other_text_is_scrubbed() -> None:
+    # A debugging server echoes the signature input: timestamp, nonce, token.
+    pattern = secret_pattern(["mytoken123"])
+    assert pattern is not None
+    assert (
+        pattern.sub("***", "tmpStr=1409659589263875mytoken123")
+        == "tmpStr=1409659589263875***"
+    )
+
+
 def test_shorten_keeps_one_line_and_cuts_long_bodies() -> None:
     assert shorten(None) is None
     assert shorten(' "success"\n') == '"success"'
