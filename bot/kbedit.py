@@ -781,10 +781,15 @@ def _entry_data(entry_id: str, entry_yaml: str) -> dict[str, object]:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
-        raise KnowledgeEditError("bad_yaml", line=line, problem=problem) from None
+        # WeChat pastes turn indentation into tabs more often than not.
+        lines = body.splitlines()
+        has_tab = line is not None and "\t" in lines[min(line, len(lines)) - 1]
+        raise KnowledgeEditError(
+            "bad_yaml", line=line, problem=problem, has_tab=has_tab
+        ) from None
     if found:
-        line, problem = found[0]
-        raise KnowledgeEditError("bad_yaml", line=line, problem=problem)
+        line, problem = min(found)
+        raise KnowledgeEditError("bad_yaml", line=line, problem=problem, has_tab=False)
     if not isinstance(data, dict):
         raise KnowledgeEditError("not_mapping", entry_id=entry_id)
     if data.get("id") != entry_id:

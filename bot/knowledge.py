@@ -433,7 +433,7 @@ def load_yaml(text: str) -> tuple[yaml.Node | None, object, list[tuple[int, str]
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
-        found = list(structure_problems(node))
+        found = sorted(structure_problems(node))  # in the order of the text
         if found or node is None:
             return node, None, found
         return node, loader.construct_document(node), []

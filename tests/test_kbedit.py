@@ -200,7 +200,22 @@ def test_a_repeated_key_is_refused_with_its_line(editor: KnowledgeEditor) -> Non
             ADMIN,
             is_suggestion=False,
         )
-    assert caught.value.details == {"line": 4, "problem": "duplicate key 'zh'"}
+    assert caught.value.details == {
+        "line": 4,
+        "problem": "duplicate key 'zh'",
+        "has_tab": False,
+    }
+
+
+def test_a_tab_in_the_line_yaml_stumbled_on_is_pointed_out(
+    editor: KnowledgeEditor,
+) -> None:
+    with pytest.raises(KnowledgeEditError) as caught:
+        editor.propose(
+            "alarm_setup", "id: alarm_setup\nq:\n\t- a\n", ADMIN, is_suggestion=False
+        )
+    assert caught.value.details["line"] == 3
+    assert caught.value.details["has_tab"] is True
 
 
 def test_a_suggestion_full_of_aliases_is_refused_before_it_is_expanded(
