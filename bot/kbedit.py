@@ -420,6 +420,7 @@ class KnowledgeEditor:
         self._clock = clock or (lambda: datetime.now(PLATFORM_TZ))
         self._lock = threading.RLock()
         self._pending: dict[str, Proposal] = self._load_pending()
+        self._expire()  # what expired while the bot was down
 
     @property
     def is_git(self) -> bool:
@@ -487,7 +488,7 @@ class KnowledgeEditor:
                 diff=diff,
                 diff_more=more,
             )
-            self._expire()
+            self._expire(save=False)
             self._pending[proposal.change_id] = proposal
             self._save_pending()
         action = "kb.suggest" if is_suggestion else "kb.propose"
@@ -527,6 +528,7 @@ class KnowledgeEditor:
                 was proposed, or the knowledge no longer validates with it.
         """
         with self._lock:
+            self._expire()
             proposal = self._pending.get(change_id.strip().lower())
             if proposal is None:
                 raise KnowledgeEditError("unknown_change", change_id=change_id)
@@ -700,13 +702,14 @@ class KnowledgeEditor:
         raise KnowledgeEditError("nothing_to_undo")
 
     def _take(self, change_id: str) -> Proposal:
+        self._expire()
         proposal = self._pending.pop(change_id.strip().lower(), None)
         if proposal is None:
             raise KnowledgeEditError("unknown_change", change_id=change_id)
         self._save_pending()
         return proposal
 
-    def _expire(self) -> None:
+    def _expire(self, *, save: bool = True) -> None:
         oldest = self._clock() - PROPOSAL_TTL
         before = len(self._pending)
         for change_id, proposal in list(self._pending.items()):
@@ -715,7 +718,7 @@ class KnowledgeEditor:
         while len(self._pending) >= MAX_PENDING:
             first = min(self._pending.values(), key=lambda p: p.created_at)
             del self._pending[first.change_id]
-        if len(self._pending) != before:
+        if save and len(self._pending) != before:
             self._save_pending()
 
     def _load_pending(self) -> dict[str, Proposal]:
@@ -738,7 +741,7 @@ class KnowledgeEditor:
         path = self.history_dir / PENDING
         try:
             kept = json.loads(_read(path) or "{}")
-        except ValueError:
+        except (OSError, ValueError):
             kept = {}
         if not isinstance(kept, dict):
             kept = {}

@@ -405,6 +405,20 @@ def test_a_kept_proposal_still_expires_after_a_day(
     assert restarted(editor, clock).pending() == []  # and the file forgot it
 
 
+def test_a_proposal_kept_over_its_day_cannot_be_confirmed(
+    editor: KnowledgeEditor, clock: Clock
+) -> None:
+    span = editor.show("alarm_setup")
+    proposal = editor.propose(
+        "alarm_setup", edited(span.entry_text()), ADMIN, is_suggestion=False
+    )
+    again = restarted(editor, clock)
+    clock.now += timedelta(hours=25)
+    with pytest.raises(KnowledgeEditError) as caught:
+        again.confirm(proposal.change_id, ADMIN)
+    assert caught.value.code == "unknown_change"
+
+
 def test_an_unreadable_pending_file_costs_the_proposals_not_the_editor(
     editor: KnowledgeEditor, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
