@@ -59,8 +59,9 @@ _WINDOW_RE = re.compile(
 _COUNT_RE = re.compile(r"(?P<n>\d[\d,，]*)\s*次")
 _NUMBER_RE = re.compile(r"^\s*(?P<n>\d[\d,，]*)\s*$")
 _MAX_KEY = 40
-EARLIEST_YEAR, LATEST_YEAR = 2000, 2099
-"""A 时间 outside these years is kept as text only (the platform began in 2012)."""
+EARLIEST_YEAR = 2000
+"""A 时间 before this year, or over a day ahead, is kept as text only (the
+platform began in 2012)."""
 MAX_COUNT = 10**12
 """A 次数 above this is taken for a typo and dropped."""
 MAX_WINDOW_MINUTES = 7 * 24 * 60
@@ -360,13 +361,15 @@ def _parse_count(value: str) -> tuple[int | None, int | None]:
     window_match = _WINDOW_RE.search(line)
     window = None
     if window_match:
-        window = int(window_match["n"][:9])  # more digits are over the cap anyway
+        # Leading zeros go first; past nine digits it is over the cap anyway.
+        window = int(window_match["n"].lstrip("0")[:9] or "0")
         if window_match["unit"].lower().startswith(("小时", "h")):
             window *= 60
     count_match = _COUNT_RE.search(line) or _NUMBER_RE.match(line)
     count = None
     if count_match:
-        count = int(re.sub(r"[,，]", "", count_match["n"])[: _MAX_DIGITS + 1])
+        digits = re.sub(r"[,，]", "", count_match["n"]).lstrip("0") or "0"
+        count = int(digits[: _MAX_DIGITS + 1])
     # Numbers no platform window can hold are typos or forgeries: dropped,
     # so they never reach SQLite (64-bit integers) or date arithmetic.
     if count is not None and count > MAX_COUNT:
@@ -393,8 +396,8 @@ def _parse_time(value: str) -> tuple[str | None, datetime | None]:
         )
     except ValueError:
         return match.group(0), None
-    if not EARLIEST_YEAR <= when.year <= LATEST_YEAR or when > _latest_trusted():
-        # A typo'd or forged year ("0001", "2099") would reach date arithmetic
+    if when.year < EARLIEST_YEAR or when > _latest_trusted():
+        # A typo'd or forged year ("0001", "9999") would reach date arithmetic
         # and SQLite unchecked, and a time in the future would hold its group's
         # window open for years; such a 时间 is kept as text, not as a time.
         return match.group(0), None

@@ -366,7 +366,7 @@ def chat(
         loaded = load_settings(config_path)
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
-    admins = [*loaded.admins, sender] if admin else loaded.admins
+    admins = [*loaded.admins, sender.strip()] if admin else loaded.admins
     settings = loaded.model_copy(
         update={
             "lang": _lang(lang or loaded.lang),
@@ -573,7 +573,12 @@ def probe_command(
     help="nginx's error log (plain or gzip).",
 )
 @click.option("--around", required=True, help='The alarm time: "2014-12-01 20:12:00".')
-@click.option("--window", default="5m", show_default=True, help="5m, 300s or 1h.")
+@click.option(
+    "--window",
+    default="5m",
+    show_default=True,
+    help="5m, 300s, 1h30m, 1d (31 days at most); a bare number is minutes.",
+)
 @click.option(
     "--tz",
     default="+08:00",

@@ -185,6 +185,8 @@ def test_parse_a_field_going_back_before_a_content_line_starts_an_alarm(
         ("次数: 5分钟 " + "9" * 5000 + "次", "count", None),
         ("次数: 99999999999小时 3次", "window_minutes", None),
         ("次数: 5分钟 1,272次", "count", 1272),
+        ("次数: 00000000000005分钟 3次", "window_minutes", 5),
+        ("次数: 5分钟 000000000000000003次", "count", 3),
     ],
 )
 def test_parse_drops_times_and_numbers_no_platform_alarm_has(
