@@ -953,14 +953,7 @@ def scan_logs(
         ),
         notes=_read_notes(fmt, files, unparsed),
         elapsed_ms=(time.perf_counter() - began) * 1000,
-        warnings=(
-            *(Remark("unordered", {"path": r.path}) for r in files if not r.is_ordered),
-            *(
-                Remark("truncated", {"path": r.path})
-                for r in files
-                if not r.is_complete
-            ),
-        ),
+        warnings=_warnings(files),
     )
 
 
@@ -979,6 +972,15 @@ def _access_format(
     for path, head in filled:
         check_format(fmt, path, head)
     return fmt, filled[0][1]
+
+
+def _warnings(reads: Sequence[FileRead]) -> tuple[Remark, ...]:
+    """What the report must say about how the files were read."""
+    unordered = (
+        Remark("unordered", {"path": r.path}) for r in reads if not r.is_ordered
+    )
+    cut = (Remark("truncated", {"path": r.path}) for r in reads if not r.is_complete)
+    return (*unordered, *cut)
 
 
 _ABSENCE = frozenset({"no_requests", "no_traffic", "all_clear"})

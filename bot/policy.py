@@ -58,6 +58,8 @@ _DURATION_PART = re.compile(
     r"hours?|hrs?|h|小时|时|days?|d|天|weeks?|w|周|)(?![a-z])\s*",
     re.IGNORECASE,
 )
+MAX_DURATION = timedelta(days=366)
+"""The longest duration ``parse_duration`` reads (silences, stats periods)."""
 # Seconds per unit, keyed by the unit's first character.
 _UNIT_SECONDS = (
     dict.fromkeys("s秒", 1)
@@ -123,22 +125,17 @@ def duration_seconds(text: str) -> float | None:
     """Seconds in ``5m``, ``1h30m``, ``2小时``, ``1d`` or ``90`` (minutes), else None.
 
     The one reading of durations for every command and option; callers check
-    the range they accept.
+    the range they accept (a number too long for a float reads as ``inf``,
+    which every range refuses as out of range).
     """
     parts = list(_DURATION_PART.finditer(text))
     if not parts or "".join(p.group() for p in parts) != text:
         return None
     if len(parts) > 1 and not all(p["unit"] for p in parts):
         return None  # "1h30" is ambiguous: the bare number only stands alone
-    units = [(p["unit"] or "m").lower() for p in parts]
     return sum(
-        float(p["n"]) * _UNIT_SECONDS[unit[0]]
-        for p, unit in zip(parts, units, strict=True)
+        float(p["n"]) * _UNIT_SECONDS[(p["unit"] or "m")[0].lower()] for p in parts
     )
-
-
-MAX_DURATION = timedelta(days=366)
-"""The longest duration ``parse_duration`` reads (silences, stats periods)."""
 
 
 # ------------------------------------------------------------------- values
